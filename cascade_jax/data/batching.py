@@ -1,0 +1,166 @@
+"""Fixed-shape numpy batches for jit, with length buckets, deterministic shuffling and exact resume.
+
+A batch is a dict of numpy arrays with leading dimension ``B`` (the batch size):
+
+* ``input_ids``, ``attention_mask``, ``token_type_ids``: int32 [B, L]; ``L`` is the smallest bucket length that
+  holds the batch's longest example (buckets default to (16, 32, 64, 128), capped at the split's ``max_length``,
+  which is always a bucket), so a run compiles only a handful of shapes;
+* ``label``: int32 [B] (float32 for regression);
+* ``id``: int64 [B], the example ids (-1 on padding rows);
+* ``valid``: bool [B], False on padding rows (which have all-zero ``attention_mask``, pad ``input_ids``, label 0);
+* optionally the requested side columns (``extras=("difficulty",)``): float32 [B], 0 on padding rows.
+
+Training: epoch ``e`` visits the examples in the order ``epoch_permutation(n, seed, e)``, cut into consecutive
+batches; the last partial batch is padded with ``valid=False`` rows (``drop_last=False``, default, so every example
+is seen exactly once per epoch) or dropped (``drop_last=True``). ``start_step=k`` starts at batch ``k`` of the
+epoch, giving exactly the batches an uninterrupted run would have produced from there.
+
+Evaluation: every example exactly once, in split order; the last batch is padded with ``valid=False`` rows.
+
+Multi-host: every process builds the same global batch and keeps its own rows with :func:`process_rows`;
+:func:`device_layout` reshapes a host batch to ``[num_devices, per_device, ...]`` for ``pmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from cascade_jax.data.encode import Encoded
+from cascade_jax.data.errors import DataError
+
+DEFAULT_BUCKETS = (16, 32, 64, 128)
+Batch = dict[str, np.ndarray]
+
+
+def bucket_set(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
+    """The sorted bucket lengths: each of ``buckets`` capped at ``max_length``, plus ``max_length`` itself."""
+    if max_length < 1 or any(b < 1 for b in buckets):
+        raise DataError(f"bucket lengths and max_length must be positive, got {tuple(buckets)} and {max_length}")
+    return tuple(sorted({min(int(b), int(max_length)) for b in buckets} | {int(max_length)}))
+
+
+def bucket_length(longest: int, buckets: Sequence[int]) -> int:
+    """The smallest of ``buckets`` (sorted) that is at least ``longest``."""
+    for b in buckets:
+        if b >= longest:
+            return b
+    raise DataError(f"an example of length {longest} fits no bucket in {tuple(buckets)}")
+
+
+def make_batch(enc: Encoded, indices: Sequence[int] | np.ndarray, batch_size: int, *,
+               buckets: Sequence[int] = DEFAULT_BUCKETS, extras: Sequence[str] = ()) -> Batch:
+    """The padded batch of examples ``enc[indices]`` (positions in ``enc``, at most ``batch_size`` of them).
+
+    Rows past ``len(indices)`` are padding (``valid=False``). See the module docstring for the keys.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    k = len(idx)
+    if k > batch_size:
+        raise DataError(f"{k} examples do not fit a batch of {batch_size}")
+    missing = [e for e in extras if e not in enc.extras]
+    if missing:
+        raise DataError(f"extra column(s) {missing} not joined to {enc.task}/{enc.split}; "
+                        f"available: {sorted(enc.extras)} (use join_by_id)")
+    lengths = enc.offsets[idx + 1] - enc.offsets[idx]
+    width = bucket_length(int(lengths.max(initial=1)), bucket_set(buckets, enc.max_length))
+    cols = np.arange(width)
+    mask = cols[None, :] < lengths[:, None]
+    src = (enc.offsets[idx][:, None] + cols[None, :])[mask]
+    input_ids = np.full((batch_size, width), enc.pad_id, dtype=np.int32)
+    token_type_ids = np.zeros((batch_size, width), dtype=np.int32)
+    attention_mask = np.zeros((batch_size, width), dtype=np.int32)
+    input_ids[:k][mask] = enc.input_ids[src]
+    token_type_ids[:k][mask] = enc.token_type_ids[src]
+    attention_mask[:k] = mask
+    label = np.zeros(batch_size, dtype=np.float32 if enc.labels.dtype.kind == "f" else np.int32)
+    label[:k] = enc.labels[idx]
+    ids = np.full(batch_size, -1, dtype=np.int64)
+    ids[:k] = enc.ids[idx]
+    valid = np.zeros(batch_size, dtype=bool)
+    valid[:k] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+             "label": label, "id": ids, "valid": valid}
+    for name in extras:
+        column = np.zeros(batch_size, dtype=np.float32)
+        column[:k] = enc.extras[name][idx]
+        batch[name] = column
+    return batch
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order (int64 [n]) in which epoch ``epoch`` visits ``n`` examples; a pure function of (seed, epoch)."""
+    if seed < 0 or epoch < 0:
+        raise DataError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Number of training batches in an epoch of ``n`` examples."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def train_batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
+                        drop_last: bool = False) -> list[np.ndarray]:
+    """The example positions of each training batch of an epoch, from batch ``start_step`` on."""
+    if start_step < 0:
+        raise DataError(f"start_step must be non-negative, got {start_step}")
+    order = epoch_permutation(n, seed, epoch)
+    steps = steps_per_epoch(n, batch_size, drop_last)
+    return [order[s * batch_size:(s + 1) * batch_size] for s in range(start_step, steps)]
+
+
+def train_batches(enc: Encoded, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
+                  drop_last: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                  extras: Sequence[str] = ()) -> Iterator[Batch]:
+    """The global training batches of epoch ``epoch`` (shuffled by ``(seed, epoch)``), from ``start_step`` on."""
+    for idx in train_batch_indices(len(enc), batch_size, seed=seed, epoch=epoch, start_step=start_step,
+                                   drop_last=drop_last):
+        yield make_batch(enc, idx, batch_size, buckets=buckets, extras=extras)
+
+
+def eval_batches(enc: Encoded, batch_size: int, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 extras: Sequence[str] = ()) -> Iterator[Batch]:
+    """Every example exactly once, in order; the last batch is padded with ``valid=False`` rows."""
+    for start in range(0, len(enc), batch_size):
+        yield make_batch(enc, np.arange(start, min(start + batch_size, len(enc))), batch_size,
+                         buckets=buckets, extras=extras)
+
+
+def process_rows(batch: Mapping[str, np.ndarray], process_index: int | None = None,
+                 process_count: int | None = None) -> Batch:
+    """This process's contiguous share of a global batch: rows ``[i * B/P, (i + 1) * B/P)``.
+
+    ``process_index``/``process_count`` default to ``jax.process_index()``/``jax.process_count()``. The global
+    batch size must be divisible by the process count.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    size = len(next(iter(batch.values())))
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is not in [0, {process_count})")
+    if size % process_count:
+        raise DataError(f"global batch of {size} rows cannot be split evenly over {process_count} processes")
+    per = size // process_count
+    return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
+
+
+def device_layout(batch: Mapping[str, np.ndarray], num_devices: int | None = None) -> Batch:
+    """Reshape a host batch from ``[B, ...]`` to ``[num_devices, B / num_devices, ...]`` (for ``pmap``).
+
+    ``num_devices`` defaults to ``jax.local_device_count()``; ``B`` must be divisible by it.
+    """
+    if num_devices is None:
+        import jax
+
+        num_devices = jax.local_device_count()
+    size = len(next(iter(batch.values())))
+    if num_devices < 1 or size % num_devices:
+        raise DataError(f"host batch of {size} rows cannot be split evenly over {num_devices} devices")
+    return {k: v.reshape(num_devices, size // num_devices, *v.shape[1:]) for k, v in batch.items()}
