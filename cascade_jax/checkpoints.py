@@ -17,16 +17,32 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+    """Distinct multi-process barrier keys per manager.
+
+    orbax names its save barriers after the step (``_async_write_complete.<step>``); with two managers saving the
+    same step (state and best at step N) in a multi-process run, the second save fails with "Barrier
+    _async_write_complete.N is already ongoing". A prefix per manager keeps their barriers apart.
+    """
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class Checkpoints:
     """The two checkpoint managers of a run directory."""
 
     def __init__(self, run_dir: str | pathlib.Path, max_to_keep: int = 2):
         run_dir = pathlib.Path(run_dir).absolute()
         self.latest = ocp.CheckpointManager(
-            run_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+            run_dir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, multiprocessing_options=_barrier_prefix("latest")
+            ),
         )
         self.best = ocp.CheckpointManager(
-            run_dir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+            run_dir / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, multiprocessing_options=_barrier_prefix("best")
+            ),
         )
 
     def latest_step(self) -> int | None:

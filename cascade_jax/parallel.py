@@ -27,6 +27,28 @@ AXIS = "data"
 BACKENDS = ("shard_map", "pmap")
 
 
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    **kwargs,
+) -> None:
+    """Join a multi-process run: ``jax.distributed.initialize`` with cross-process CPU collectives set to gloo.
+
+    Call it before anything touches a JAX device. With no arguments JAX finds the values itself on SLURM, Open
+    MPI, Kubernetes and Cloud TPU (and reads ``JAX_COORDINATOR_ADDRESS``); elsewhere, e.g. several processes on
+    one machine, give all three: the address ``host:port`` of process 0, the number of processes, this one's id.
+    On CPU, cross-process collectives need an implementation; gloo is chosen unless one is already configured
+    (JAX >= 0.10 defaults to gloo; older versions had none, and collectives across processes then fail).
+    ``kwargs`` go to ``jax.distributed.initialize`` (e.g. ``initialization_timeout``).
+    """
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
+    )
+
+
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``"data"`` over ``devices`` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
@@ -65,15 +87,24 @@ class DataParallel:
     def _local_devices(self):
         return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
 
-    def map_step(self, step: Callable, num_extra: int = 0, donate_state: bool = True) -> Callable:
-        """Map ``step(state, batch, *extra)``; the result takes placed state (see :meth:`replicate`)."""
+    def map_step(
+        self, step: Callable, num_extra: int = 0, donate_state: bool = True, batch_axis: int = 0
+    ) -> Callable:
+        """Map ``step(state, batch, *extra)``; the result takes placed state (see :meth:`replicate`).
+
+        ``batch_axis`` is the batch's row axis, the one split over devices: 0 for ``[B, ...]`` batches, 1 for
+        batches stacked over independent runs (``[M, B, ...]``, see :mod:`cascade_jax.difficulty`). Place such
+        batches with ``shard_batch(batch, batch_axis)`` too.
+        """
         donate = (0,) if donate_state else ()
         if self.backend == "pmap":
-            return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, devices=self._local_devices)
+            # Every device of the mesh, in every process: pmap then feeds each process its local devices and its
+            # collectives span all of them (with only the local ones, each process would average on its own).
+            return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, devices=list(self.mesh.devices.flat))
         mapped = jax.shard_map(
             step,
             mesh=self.mesh,
-            in_specs=(P(), P(AXIS)) + (P(),) * num_extra,
+            in_specs=(P(), P(*(None,) * batch_axis, AXIS)) + (P(),) * num_extra,
             out_specs=(P(), P()),
             # Without this, shard_map's replication typing makes the gradient of a replicated input already
             # summed over devices, and the step's pmean would leave it n times too large. Off, each device
@@ -99,15 +130,23 @@ class DataParallel:
             return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), jax.device_get(tree))
         return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
-    def shard_batch(self, local_batch: dict[str, np.ndarray]) -> Any:
-        """Place this process's rows of a global batch (``[B / processes, ...]`` numpy) for the step."""
+    def shard_batch(self, local_batch: dict[str, np.ndarray], batch_axis: int = 0) -> Any:
+        """Place this process's rows of a global batch (``[B / processes, ...]`` numpy) for the step.
+
+        The rows lie along ``batch_axis`` (see :meth:`map_step`); under pmap the device axis goes in front.
+        """
         if self.backend == "pmap":
             n = len(self._local_devices)
-            size = len(next(iter(local_batch.values())))
+            size = next(iter(local_batch.values())).shape[batch_axis]
             if size % n:
                 raise ValueError(f"a host batch of {size} rows cannot be split over {n} local devices")
-            return {k: v.reshape(n, size // n, *v.shape[1:]) for k, v in local_batch.items()}
-        sharding = NamedSharding(self.mesh, P(AXIS))
+
+            def split(v):
+                v = v.reshape(*v.shape[:batch_axis], n, size // n, *v.shape[batch_axis + 1:])
+                return np.moveaxis(v, batch_axis, 0)
+
+            return {k: split(v) for k, v in local_batch.items()}
+        sharding = NamedSharding(self.mesh, P(*(None,) * batch_axis, AXIS))
         return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

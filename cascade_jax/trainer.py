@@ -86,13 +86,18 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a fine-tuning run (saved as ``config.json`` beside its checkpoints)."""
+    """Everything that defines a fine-tuning run (saved as ``config.json`` beside its checkpoints).
+
+    ``train_subset=n`` trains on :func:`cascade_jax.data.subset` ``(train, n)``: a fixed random sample, the same
+    one the difficulty labeller takes, for quick runs.
+    """
 
     output_dir: str
     model: str = "minilm-l3"
     num_layers: int | None = None
     task: str = "rotten_tomatoes"
     source: str | None = None
+    train_subset: int | None = None
     max_length: int = 128
     buckets: tuple[int, ...] = data.DEFAULT_BUCKETS
     epochs: float = 3.0
@@ -264,6 +269,18 @@ class _Preemption:
     def __init__(self):
         self.requested = False
 
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop; every process calls this after every step.
+
+        A checkpoint save is collective across processes, so all must stop at the same step even when the
+        signal reached only some of them (or reached them at different steps).
+        """
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested, np.int32))))
+
     @contextlib.contextmanager
     def installed(self):
         if threading.current_thread() is not threading.main_thread():
@@ -286,6 +303,7 @@ class _Preemption:
 def load_training_data(config: TrainConfig, tokenizer) -> tuple[data.Encoded, data.Encoded | None]:
     """Tokenised train split (with difficulty columns joined when DAR needs them) and dev split if any."""
     train = data.encode_split(config.task, "train", config.source, tokenizer=tokenizer, max_length=config.max_length)
+    train = data.subset(train, config.train_subset)
     if config.loss.uses_dar:
         if not config.difficulty_file:
             raise ValueError(
@@ -436,11 +454,12 @@ def fit(
                         if best is None or scores[metric_name] > best[metric_name]:
                             best = {"step": step, **scores}
                             ckpt.save_best(step, host_params, {"step": step, "metrics": scores})
-                    if step % ckpt_every == 0 or step == steps_total or preemption.requested:
+                    stop = preemption.agreed()
+                    if step % ckpt_every == 0 or step == steps_total or stop:
                         check_finite(pending, last_saved)
                         ckpt.save_state(step, dp.unreplicate(state), meta_for(step))
                         last_saved = step
-                    if preemption.requested:
+                    if stop:
                         status = "preempted"
                         break
                     if step >= steps_total:

@@ -699,3 +699,32 @@ def test_vader_sets():
         assert ((labels == 1).sum(), (labels == 0).sum()) == (pos, neg), name
     ds = data.load_split("vader_movie", "test")
     assert ds["id"][:2] == [0, 1] and ds["sentence"][0].startswith("The Rock is destined")
+
+
+def test_select_and_subset_keep_examples_whole_and_deterministic(tmp_path):
+    from cascade_jax import data as D
+    import numpy as np
+
+    tok = D.load_tokenizer("minilm-l6")
+    ds = D.load_split("rotten_tomatoes", "train", _subset_folder(tmp_path))
+    enc = D.encode(ds, "rotten_tomatoes", tok, 32, split="train")
+    picked = D.select(enc, [3, 0, 5])
+    assert list(picked.ids) == [enc.ids[3], enc.ids[0], enc.ids[5]]
+    for j, i in enumerate([3, 0, 5]):
+        np.testing.assert_array_equal(picked.tokens(j)[0], enc.tokens(i)[0])
+    a, b = D.subset(enc, 7), D.subset(enc, 7)
+    assert len(a) == 7 and list(a.ids) == list(b.ids) and list(a.ids) == sorted(a.ids)
+    assert set(a.ids) <= set(enc.ids) and list(D.subset(enc, 7, seed=1).ids) != list(a.ids)
+    assert D.subset(enc, None) is enc and D.subset(enc, 10**6) is enc
+
+
+def _subset_folder(tmp_path):
+    import csv
+
+    folder = tmp_path / "subset"
+    folder.mkdir()
+    with open(folder / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows([(f"review number {i} was {'good' if i % 2 else 'bad'}", i % 2) for i in range(20)])
+    return folder

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", default="rotten_tomatoes", help=f"one of: {', '.join(sorted(data.TASKS))}")
     g.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in/hub)")
     g.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    g.add_argument("--train-subset", type=int, default=None,
+                   help="train on a fixed random sample of N training examples (quick runs)")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="ce", choices=trainer.LOSS_KINDS, help="objective (dar needs --difficulty-file)")
     g.add_argument("--dar-variant", default="all_pairs",
@@ -66,14 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=10, help="write train metrics every N steps")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host; reads the usual env/cluster config)")
+                   help="join a multi-process run first (jax.distributed.initialize; gloo collectives on CPU). "
+                        "SLURM, Open MPI, Kubernetes and Cloud TPU are detected; elsewhere give the three below")
+    g.add_argument("--coordinator-address", default=None, help="host:port of process 0 (implies --distributed)")
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the run (implies --distributed)")
+    g.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1 (implies --distributed)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> trainer.TrainConfig:
     return trainer.TrainConfig(
         output_dir=args.output_dir, model=args.model, num_layers=args.num_layers, task=args.task,
-        source=args.source, max_length=args.max_length, epochs=args.epochs, max_steps=args.max_steps,
+        source=args.source, train_subset=args.train_subset, max_length=args.max_length, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
         loss=trainer.LossConfig(kind=args.loss, dar_variant=args.dar_variant, margin=args.margin,
@@ -87,10 +93,11 @@ def config_from_args(args: argparse.Namespace) -> trainer.TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.distributed:
-        import jax
+    manual = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in manual):
+        from cascade_jax import parallel
 
-        jax.distributed.initialize()
+        parallel.initialize_distributed(*manual)
     try:
         config = config_from_args(args)
     except (ValueError, KeyError) as e:

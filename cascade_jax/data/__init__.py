@@ -20,7 +20,7 @@ from cascade_jax.data.batching import (DEFAULT_BUCKETS, bucket_length, bucket_se
                                        eval_batches, make_batch, process_rows, steps_per_epoch, train_batch_indices,
                                        train_batches)
 from cascade_jax.data.encode import (Encoded, cache_key, default_cache_root, encode, encode_split, load_tokenizer,
-                                     tokenizer_fingerprint)
+                                     select, subset, tokenizer_fingerprint)
 from cascade_jax.data.errors import (BadRowError, CoverageError, DataError, DataFileNotFoundError, DecodeError,
                                      HubUnavailableError, LabelError, MissingColumnError, UnknownSplitError,
                                      UnknownTaskError)
@@ -34,6 +34,6 @@ __all__ = [
     "Task", "UnknownSplitError", "UnknownTaskError", "bucket_length", "bucket_set", "cache_key",
     "default_cache_root", "device_layout", "encode", "encode_split", "epoch_permutation", "eval_batches",
     "get_task", "join_by_id", "load_split", "load_tokenizer", "locate_source", "make_batch", "movie_split",
-    "process_rows", "read_side_file", "resolve_split", "source_fingerprint", "steps_per_epoch",
+    "process_rows", "read_side_file", "select", "subset", "resolve_split", "source_fingerprint", "steps_per_epoch",
     "tokenizer_fingerprint", "train_batch_indices", "train_batches",
 ]

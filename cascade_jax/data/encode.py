@@ -22,7 +22,7 @@ import os
 import pathlib
 import tempfile
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,36 @@ class Encoded:
         """Token ids and token type ids of example ``i`` (unpadded)."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.input_ids[lo:hi], self.token_type_ids[lo:hi]
+
+
+def select(enc: Encoded, positions: Sequence[int] | np.ndarray) -> Encoded:
+    """The examples at ``positions`` of ``enc`` (in that order) as a new :class:`Encoded`, side columns included."""
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.size and (pos.min() < 0 or pos.max() >= len(enc)):
+        raise DataError(f"positions must lie in [0, {len(enc)}) for {enc.task}/{enc.split}")
+    lengths = enc.lengths[pos]
+    offsets = np.zeros(len(pos) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    take = np.concatenate([np.arange(enc.offsets[i], enc.offsets[i + 1]) for i in pos]) if pos.size else pos
+    return dataclasses.replace(
+        enc, ids=enc.ids[pos], labels=enc.labels[pos], input_ids=enc.input_ids[take],
+        token_type_ids=enc.token_type_ids[take], offsets=offsets,
+        extras={k: v[pos] for k, v in enc.extras.items()}, from_cache=False,
+    )
+
+
+def subset(enc: Encoded, n: int | None, seed: int = 0) -> Encoded:
+    """A fixed random sample of ``n`` examples (kept in split order); ``n=None`` or ``n >= len`` keeps all.
+
+    The sample depends only on ``(len(enc), n, seed)``, so a difficulty labeller and a trainer that both take
+    ``subset(train, n)`` see the same examples.
+    """
+    if n is None or n >= len(enc):
+        return enc
+    if n < 1:
+        raise DataError(f"a subset needs at least one example, got n={n}")
+    chosen = np.sort(np.random.default_rng([int(seed), 7]).permutation(len(enc))[:n])
+    return select(enc, chosen)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer

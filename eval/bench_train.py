@@ -1,0 +1,388 @@
+"""Training-step speed on CPU: our jitted step against PyTorch, the cost of DAR, and 1-8 forced CPU devices.
+
+Three measurements, all float32, dropout on, one identical random batch (token ids never special tokens, full
+attention mask, token type 0, random labels and difficulty):
+
+1. **JAX vs PyTorch.** ``trainer.make_train_step`` (CE) mapped by ``parallel.DataParallel`` (shard_map) on one
+   device with ``trainer.make_optimizer`` (global-norm clipping + AdamW, no decay on LayerNorm/biases), exactly as
+   ``trainer.fit`` runs it, including placing the host batch with ``shard_batch`` every step; against
+   transformers' ``BertForSequenceClassification`` in train mode with ``torch.optim.AdamW`` (the same decay groups,
+   ``clip_grad_norm_(1.0)``, a LambdaLR schedule). Both start from the same weights: the minilm-l3 encoder plus a
+   seeded classifier head, written by ``models.save_pretrained`` and read by ``from_pretrained``. Also timed: the
+   same JAX step compiled with XLA:CPU's YNNPACK library fusions off (``--no-ynn-off`` skips it; see
+   ``docs/bench_model.md`` for why that option matters on CPU).
+2. **DAR cost.** The same JAX step with ``LossConfig(kind="dar")`` (all_pairs, margin 0.5, weight 0.5) against CE
+   alone, interleaved. Reported: the median over rounds of (DAR time / CE time) within each round, which cancels
+   load that drifts between rounds on a shared machine; the ratio of the two medians is printed too (goal: at
+   most 1.05).
+3. **Forced CPU devices.** For N in 1 2 4 8, a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+   runs the CE step over all N devices with the same global batch. Forced host devices are threads of one process
+   sharing this machine's cores: this measures the overhead of splitting a step over devices, not scaling.
+
+Timing: compilation (ahead of time) and warm-up steps are excluded; JAX results are waited for with
+``block_until_ready`` (torch is synchronous); frameworks/variants are interleaved per round, rotating which goes
+first, so machine noise hits all of them; each time is the median over rounds. Process CPU seconds per wall
+second are recorded too: on a machine shared with other work that is how to tell a busy neighbour from an idle
+framework.
+
+Run from the repository root (about 5-8 minutes on 2 cores)::
+
+    python -m eval.bench_train
+    python -m eval.bench_train --repeats 3 --dar-repeats 5 --devices 1 2 --device-repeats 3   # a quick look
+
+The very last line is ``dar/ce step time: R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # `python eval/bench_train.py`: make `cascade_jax` importable from the repo root.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+LEARNING_RATE = 2e-5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m eval.bench_train",
+        description="Training examples/second of our jitted train step against PyTorch transformers + AdamW, the "
+        "step-time cost of DAR over CE, and steps/second on 1-8 forced CPU devices (float32, dropout on). Prints "
+        "a table for each and, last, 'dar/ce step time: R'.",
+    )
+    p.add_argument("--model", default="minilm-l3",
+                   help="built-in model name or local HF directory (default: minilm-l3)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size (default: 32)")
+    p.add_argument("--length", type=int, default=64, help="sequence length (default: 64)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per framework in part 1 (default: 5)")
+    p.add_argument("--dar-repeats", type=int, default=11, help="timed steps each for CE and DAR (default: 11)")
+    p.add_argument("--devices", nargs="+", type=int, default=[1, 2, 4, 8],
+                   help="forced CPU device counts for part 3, each in its own subprocess (default: 1 2 4 8)")
+    p.add_argument("--device-repeats", type=int, default=5, help="timed steps per device count (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing, after compilation (default: 2)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads(N) for part 1 (default: torch's own choice, one per core)")
+    p.add_argument("--no-ynn-off", dest="ynn_off", action="store_false",
+                   help="in part 1, do not also time the JAX step compiled with YNNPACK fusions off")
+    p.add_argument("--skip", nargs="+", default=[], choices=["torch", "dar", "devices"],
+                   help="parts to leave out (the last line needs 'dar')")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch, the classifier head and dropout")
+    p.add_argument("--worker-devices", type=int, default=None, help=argparse.SUPPRESS)  # Part 3's subprocess.
+    args = p.parse_args(argv)
+    if min(args.repeats, args.dar_repeats, args.device_repeats, args.warmup) < 1:
+        p.error("--repeats, --dar-repeats, --device-repeats and --warmup must be at least 1")
+    if any(n < 1 or args.batch_size % n for n in args.devices):
+        p.error(f"every --devices count must divide --batch-size {args.batch_size}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Machine and timing helpers.
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    try:
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        uptime = "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "nproc": nproc, "cpus_online": os.cpu_count(), "uptime": uptime}
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(fns: dict, repeats: int, warmup: int) -> dict:
+    """Warm each up, then ``repeats`` rounds running all of them, rotating who goes first; per name: times, cpu."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    out = {n: {"times": [], "cpu": 0.0} for n in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            wall, cpu = timed(fns[n])
+            out[n]["times"].append(wall)
+            out[n]["cpu"] += cpu
+    for n, r in out.items():
+        r["median"] = statistics.median(r["times"])
+        r["cpu_per_wall"] = r["cpu"] / sum(r["times"])
+        r["cpu_per_step"] = r["cpu"] / repeats
+        r["spread"] = (max(r["times"]) - min(r["times"])) / r["median"]
+    return out
+
+
+def random_batch(batch_size: int, length: int, vocab: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": rng.integers(1000, vocab, size=(batch_size, length), dtype=np.int32),
+        "attention_mask": np.ones((batch_size, length), np.int32),
+        "token_type_ids": np.zeros((batch_size, length), np.int32),
+        "label": rng.integers(0, 2, size=batch_size, dtype=np.int32),
+        "valid": np.ones(batch_size, bool),
+        "difficulty": rng.integers(0, 2, size=batch_size).astype(np.float32),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two training steps.
+
+
+def jax_step(module, params, batch, dp, loss_kind: str = "ce", compiler_options=None, seed: int = 0):
+    """``(run, compile_seconds)``: ``run()`` does one training step as ``trainer.fit`` does, waits, returns loss."""
+    import jax
+    import numpy as np
+
+    from cascade_jax import trainer
+
+    loss = trainer.LossConfig(kind=loss_kind, dar_variant="all_pairs", margin=0.5, dar_weight=0.5)
+    tx = trainer.make_optimizer(trainer.TrainConfig(output_dir="-", learning_rate=LEARNING_RATE), 10_000)
+    host_params = jax.device_get(params)
+    state = trainer.TrainState(step=np.asarray(0, np.int32), params=host_params,
+                               opt_state=jax.device_get(tx.init(host_params)),
+                               rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))))
+    step = dp.map_step(trainer.make_train_step(module, tx, loss, dropout=True))
+    holder = [dp.replicate(state)]
+    t0 = time.perf_counter()
+    lowered = step.lower(holder[0], dp.shard_batch(batch))
+    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        holder[0], metrics = compiled(holder[0], dp.shard_batch(batch))  # The state is donated, as in fit.
+        jax.block_until_ready(holder[0])
+        return metrics["loss"]
+
+    return run, compile_s
+
+
+def torch_step(model_dir: str, batch: dict, seed: int = 0):
+    """``run()``: one transformers + torch.optim.AdamW training step on ``batch`` (dropout on); returns the loss."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification.from_pretrained(model_dir).train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LEARNING_RATE)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 1000))
+    inputs = {k: torch.from_numpy(batch[k]).long() for k in ("input_ids", "attention_mask", "token_type_ids")}
+    labels = torch.from_numpy(batch["label"]).long()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        out = model(**inputs, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return out.loss.detach()
+
+    return run, getattr(model.config, "_attn_implementation", "?")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Part 3's subprocess: the CE step over every (forced) device of this process.
+
+
+def device_worker(args) -> int:
+    import jax
+
+    from cascade_jax import models, parallel
+
+    jax.config.update("jax_platforms", "cpu")
+    n = jax.device_count()
+    if n != args.worker_devices:
+        raise SystemExit(f"expected {args.worker_devices} devices, JAX sees {n} (XLA_FLAGS not applied?)")
+    module, params = models.from_pretrained(args.model, num_labels=2, seed=args.seed)
+    batch = random_batch(args.batch_size, args.length, module.config.vocab_size, args.seed)
+    dp = parallel.DataParallel("shard_map", parallel.data_mesh(jax.devices()))
+    run, compile_s = jax_step(module, params, batch, dp, "ce", seed=args.seed)
+    r = interleaved({"step": run}, args.device_repeats, args.warmup)["step"]
+    keep = ("times", "median", "cpu_per_wall", "cpu_per_step", "spread")
+    print(json.dumps({"devices": n, "compile_s": compile_s, **{k: r[k] for k in keep}}))
+    return 0
+
+
+def run_device_counts(args) -> list[dict]:
+    rows = []
+    for n in args.devices:
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip())
+        cmd = [sys.executable, "-m", "eval.bench_train", "--worker-devices", str(n), "--model", args.model,
+               "--batch-size", str(args.batch_size), "--length", str(args.length), "--warmup", str(args.warmup),
+               "--device-repeats", str(args.device_repeats), "--seed", str(args.seed), "--devices", "1"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"device-count worker N={n} failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"  {n} device(s): {1 / row['median']:.2f} steps/s ({row['median']:.3f} s/step, compile "
+              f"{row['compile_s']:.1f}s, subprocess {row['wall_s']:.0f}s)", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker_devices is not None:
+        return device_worker(args)
+
+    import jax
+
+    from cascade_jax import models, parallel
+
+    jax.config.update("jax_platforms", "cpu")
+    started = time.perf_counter()
+    info = {"machine_start": machine(), "args": {k: v for k, v in vars(args).items() if k != "worker_devices"}}
+    m = info["machine_start"]
+    print(f"CPU: {m['cpu']}; nproc={m['nproc']} (of {m['cpus_online']} online)")
+    print(f"uptime at start: {m['uptime']}")
+    print(f"python {platform.python_version()}, jax {jax.__version__}, flax {__import__('flax').__version__}",
+          end="")
+    if "torch" not in args.skip:
+        import torch
+        import transformers
+
+        if args.torch_threads is not None:
+            torch.set_num_threads(args.torch_threads)
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        print(f", torch {torch.__version__} ({torch.get_num_threads()} threads), "
+              f"transformers {transformers.__version__}", end="")
+    print(f"\nmodel {args.model}, batch {args.batch_size}, length {args.length}, float32, dropout on; warm-up "
+          f"{args.warmup} step(s) excluded; medians of interleaved rounds", flush=True)
+
+    module, params = models.from_pretrained(args.model, num_labels=2, seed=args.seed)
+    cfg = module.config
+    print(f"{args.model}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, dropout "
+          f"{cfg.hidden_dropout_prob}/{cfg.attention_probs_dropout_prob}", flush=True)
+    batch = random_batch(args.batch_size, args.length, cfg.vocab_size, args.seed)
+    dp = parallel.DataParallel("shard_map", parallel.data_mesh(jax.devices()[:1]))
+    results = {}
+
+    # Part 1: JAX vs torch.
+    if "torch" not in args.skip:
+        print("\n[1] training step, JAX (trainer step on 1 device) vs PyTorch", flush=True)
+        fns, compile_s = {}, {}
+        fns["jax"], compile_s["jax"] = jax_step(module, params, batch, dp, "ce", seed=args.seed)
+        if args.ynn_off:
+            fns["jax ynn-off"], compile_s["jax ynn-off"] = jax_step(module, params, batch, dp, "ce", YNN_OFF,
+                                                                    seed=args.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            models.save_pretrained(module, params, tmp)
+            fns["torch"], attn = torch_step(tmp, batch, args.seed)
+        first = {k: float(fn()) for k, fn in fns.items()}  # One untimed step each; losses should agree roughly.
+        print("  first-step losses: " + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
+              + f"; torch attention: {attn}; compile: " + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()),
+              flush=True)
+        part1 = interleaved(fns, args.repeats, args.warmup - 1)  # The step above was the first warm-up step.
+        for k, r in part1.items():
+            r["examples_per_s"] = args.batch_size / r["median"]
+        results["jax_vs_torch"] = {"rows": part1, "compile_s": compile_s, "first_loss": first}
+        del fns
+
+    # Part 2: DAR over CE.
+    if "dar" not in args.skip:
+        print("\n[2] DAR (all_pairs, margin 0.5, weight 0.5, random difficulty) vs CE, JAX step on 1 device",
+              flush=True)
+        fns = {}
+        for kind in ("ce", "dar"):
+            fns[kind], _ = jax_step(module, params, batch, dp, kind, seed=args.seed)
+        part2 = interleaved(fns, args.dar_repeats, args.warmup)
+        rounds = [d / c for c, d in zip(part2["ce"]["times"], part2["dar"]["times"])]
+        results["dar_vs_ce"] = {"rows": part2, "ratio": part2["dar"]["median"] / part2["ce"]["median"],
+                                "paired_ratio_median": statistics.median(rounds)}
+        del fns
+
+    # Part 3: forced device counts.
+    if "devices" not in args.skip:
+        print(f"\n[3] CE step over N forced CPU devices, global batch {args.batch_size} (one subprocess each)",
+              flush=True)
+        results["devices"] = run_device_counts(args)
+
+    info["machine_end"] = machine()
+    info["results"] = results
+    info["total_s"] = time.perf_counter() - started
+    print(f"\nuptime at end: {info['machine_end']['uptime']}; benchmark took {info['total_s']:.0f}s")
+
+    if "jax_vs_torch" in results:
+        rows = results["jax_vs_torch"]["rows"]
+        torch_eps = rows["torch"]["examples_per_s"]
+        print(f"\nTable 1. Training step, {args.model}, batch {args.batch_size} x length {args.length}, float32, "
+              f"dropout on ({args.repeats} timed rounds)")
+        header = (f"{'step':<12} {'s/step':>7} {'examples/s':>10} {'vs torch':>8} {'cpu s/step':>10} {'cpu/wall':>8} "
+                  f"{'spread':>6}")
+        print(header + "\n" + "-" * len(header))
+        for k, r in rows.items():
+            print(f"{k:<12} {r['median']:>7.3f} {r['examples_per_s']:>10.1f} {r['examples_per_s'] / torch_eps:>8.2f} "
+                  f"{r['cpu_per_step']:>10.3f} {r['cpu_per_wall']:>8.2f} {r['spread']:>6.2f}")
+    if "dar_vs_ce" in results:
+        d = results["dar_vs_ce"]
+        print(f"\nTable 2. DAR cost, JAX step on 1 device ({args.dar_repeats} timed rounds)")
+        header = f"{'loss':<5} {'s/step':>7} {'examples/s':>10} {'cpu s/step':>10} {'cpu/wall':>8} {'spread':>6}"
+        print(header + "\n" + "-" * len(header))
+        for k, r in d["rows"].items():
+            print(f"{k:<5} {r['median']:>7.3f} {args.batch_size / r['median']:>10.1f} {r['cpu_per_step']:>10.3f} "
+                  f"{r['cpu_per_wall']:>8.2f} {r['spread']:>6.2f}")
+        print(f"dar/ce CPU seconds per step: {d['rows']['dar']['cpu_per_step'] / d['rows']['ce']['cpu_per_step']:.3f} "
+              f"(less sensitive to waiting for a busy machine's cores than wall time)")
+        print(f"dar/ce: median of per-round ratios {d['paired_ratio_median']:.3f} (reported below); ratio of medians "
+              f"{d['ratio']:.3f} (goal: at most 1.05)")
+    if "devices" in results:
+        rows = results["devices"]
+        base = rows[0]["median"]
+        print(f"\nTable 3. CE step over N forced CPU devices, global batch {args.batch_size} "
+              f"({args.device_repeats} timed steps each; forced devices share {info['machine_start']['nproc']} cores: "
+              f"overhead, not scaling)")
+        header = (f"{'devices':>7} {'rows/device':>11} {'s/step':>7} {'steps/s':>7} {'vs first':>8} {'cpu s/step':>10} "
+                  f"{'cpu/wall':>8} {'compile s':>9}")
+        print(header + "\n" + "-" * len(header))
+        for r in rows:
+            print(f"{r['devices']:>7} {args.batch_size // r['devices']:>11} {r['median']:>7.3f} "
+                  f"{1 / r['median']:>7.2f} "
+                  f"{base / r['median']:>8.2f} {r['cpu_per_step']:>10.3f} {r['cpu_per_wall']:>8.2f} "
+                  f"{r['compile_s']:>9.1f}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+    if "dar_vs_ce" in results:
+        print(f"dar/ce step time: {results['dar_vs_ce']['paired_ratio_median']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
