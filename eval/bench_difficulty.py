@@ -1,0 +1,218 @@
+"""Difficulty labelling: K x S members trained as one vmapped run vs a Python loop over the same members.
+
+Both modes run :func:`cascade_jax.difficulty.label_difficulty` end to end, each in a fresh state of this process
+(train every member, predict its held-out fold, aggregate, write the labels), with identical settings; they
+differ only in ``sequential``:
+
+* ``vmapped``: all members' states stacked, one ``jax.vmap``-ed step per lock-step (one compiled program per
+  batch length for all members);
+* ``loop``: the same per-member step, un-vmapped, run for one member after another (``--sequential``); its
+  program is compiled once and reused by every member.
+
+1. End to end (after a warm-up that pays the process's one-off costs, see :func:`warm_up`). Reported per mode: end-
+to-end wall time of the call (also data and model loading, optimiser init, prediction, writing files), the run's own
+train and predict times, the steady step time (median time between consecutive steps of a group, per member-step;
+"train s at steady rate" is that times the member-steps, so train minus it is about compilation and group set-up),
+and process CPU time. Every step is timed after its metrics reached the host, so the steps are synchronised (as the
+progress bar does anyway). The machine is shared: ``/proc/loadavg`` is printed before, between and after, and
+``cpu/wall`` well below the core count means other work took cores away.
+
+2. Training step alone, interleaved. Since the two runs above happen at different moments of a shared machine,
+the same compiled steps (cached by the runs) are then timed back to back: one vmapped step of all members, then
+one step of each member in a loop, repeated ``--repeats`` times on the first lock-steps' real batches; wall and
+process CPU time, median over repeats.
+
+Run from the repository root (defaults: minilm-l3, 256 rotten_tomatoes examples, K=4, S=2, 1 epoch, batch 16,
+max_length 64; a few minutes on 2 cores)::
+
+    python -m eval.bench_difficulty
+    python -m eval.bench_difficulty --subset 128 --folds 2 --seeds 2     # a quicker look
+
+The very last line is ``vmapped/loop time: R``: end-to-end time of the vmapped run over the loop run (what a
+``label_difficulty`` process costs each way; R < 1 means the vmapped run is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # `python eval/bench_difficulty.py`: make `cascade_jax` importable.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval.bench_difficulty", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm-l3")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--source", default=None)
+    p.add_argument("--subset", type=int, default=256, help="training examples labelled (data.subset)")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step-only comparison")
+    p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
+    return p.parse_args(argv)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "load": load()}
+
+
+def load() -> str:
+    try:
+        return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def warm_up(base: dict, root: pathlib.Path) -> None:
+    """Pay the process's one-off costs before timing, so that the first mode timed does not carry them alone:
+    tokenizer and data cache, model loading, the small kernels of eager optimiser init, orbax start-up. Compiles
+    no training or prediction step (those differ between the modes and are part of what is measured)."""
+    from cascade_jax import checkpoints, difficulty
+
+    plan = difficulty.make_plan(difficulty.LabelConfig(output_dir=str(root / "warm-up"), **base))
+    state = plan.init_state(plan.members[0])
+    ckpt = checkpoints.Checkpoints(root / "warm-up")
+    ckpt.save_state(0, state, {"step": 0})
+    ckpt.wait()
+    ckpt.restore_state(state)
+    ckpt.close()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from cascade_jax import difficulty
+
+    info = machine()
+    print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform} x{jax.device_count()}")
+    print(f"load average (1, 5, 15 min) before: {info['load']}")
+    root = pathlib.Path(args.output_dir or tempfile.mkdtemp(prefix="bench_difficulty_"))
+    base = dict(model=args.model, task=args.task, source=args.source, subset=args.subset, folds=args.folds,
+                seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
+                learning_rate=args.lr, progress=False, log_every=1000)
+    rows, labels = [], {}
+    try:
+        t = time.perf_counter()
+        warm_up(base, root)
+        print(f"  warm-up (one-off process costs, not timed below): {time.perf_counter() - t:.1f} s", flush=True)
+        for mode in ("vmapped", "loop"):
+            out = root / mode
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = difficulty.LabelConfig(output_dir=str(out), sequential=(mode == "loop"), **base)
+            stamps: list[tuple[int, int, float]] = []  # (group, members in it, time the step's metrics arrived)
+
+            def on_step(group, step, per_member, stamps=stamps):
+                stamps.append((group, len(per_member["loss"]), time.perf_counter()))
+
+            load_before = load()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            result = difficulty.label_difficulty(cfg, on_step=on_step)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            s = result.summary
+            steady = []  # Time between consecutive steps of a group, per member-step.
+            for g in sorted({g for g, _, _ in stamps}):
+                times = [t for gg, _, t in stamps if gg == g]
+                size = next(n for gg, n, _ in stamps if gg == g)
+                steady += [(b - a) / size for a, b in zip(times, times[1:])]
+            rows.append({"mode": mode, "end_to_end": wall, "train": s["train_seconds"],
+                         "predict": s["predict_seconds"], "member_steps": s["members"] * s["total_steps"],
+                         "steady": statistics.median(steady), "cpu": cpu, "cpu_per_wall": cpu / wall,
+                         "accuracy": s["mean_heldout_accuracy"], "share_hard": s["share_hard"],
+                         "load": f"{load_before} -> {load()}"})
+            labels[mode] = [json.loads(line) for line in result.labels_path.read_text().splitlines()]
+            print(f"  {mode:7s}: {wall:7.1f} s end to end (load {rows[-1]['load']})", flush=True)
+    finally:
+        if args.output_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    r0 = rows[0]
+    print(f"\n{args.model} members: K={args.folds} x S={args.seeds} = {args.folds * args.seeds}, "
+          f"{args.subset} examples, "
+          f"{args.epochs:g} epoch(s), batch {args.batch_size} per member, max_length {args.max_length}; "
+          f"{r0['member_steps']} member-steps per run\n")
+    print("| mode | end to end s | train s | predict s | steady s per member-step | train s at steady rate | "
+          "CPU s | cpu/wall | load (1 min) before -> after | held-out acc | share hard |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['end_to_end']:.1f} | {r['train']:.1f} | {r['predict']:.1f} | {r['steady']:.3f} | "
+              f"{r['steady'] * r['member_steps']:.1f} | {r['cpu']:.1f} | {r['cpu_per_wall']:.2f} | {r['load']} | "
+              f"{r['accuracy']:.3f} | {r['share_hard']:.3f} |")
+    vm, lp = labels["vmapped"], labels["loop"]
+    same = sum(a["difficulty"] == b["difficulty"] and a["seeds_wrong"] == b["seeds_wrong"] for a, b in zip(vm, lp))
+    gap = max(abs(a["confidence"] - b["confidence"]) for a, b in zip(vm, lp))
+    print(f"\nlabels (difficulty, seeds_wrong) equal between vmapped and loop: {same} of {len(vm)}; "
+          f"max |confidence difference|: {gap:.2e}")
+    by = {r["mode"]: r for r in rows}
+    print(f"end to end: steady per-member-step ratio vmapped/loop: "
+          f"{by['vmapped']['steady'] / by['loop']['steady']:.3f}")
+    print(f"end to end: CPU-time ratio vmapped/loop: {by['vmapped']['cpu'] / by['loop']['cpu']:.3f}")
+
+    # 2. The training step alone, vmapped and looped back to back (compiled programs reused from the runs).
+    from cascade_jax import parallel
+
+    plan = difficulty.make_plan(difficulty.LabelConfig(output_dir=str(root / "steps"), **base))
+    dp = parallel.DataParallel()
+    members = plan.members
+    step_v, _ = plan.functions(dp, True)
+    step_l, _ = plan.functions(dp, False)
+    state_v = dp.replicate(difficulty.stack_trees([plan.init_state(m) for m in members]))
+    state_l = [dp.replicate(plan.init_state(m)) for m in members]
+    timing = {"vmapped": [], "loop": []}
+    for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.
+        step = rep % plan.total_steps
+        batch_v = dp.shard_batch(difficulty.group_train_batch(plan, members, step, True), 1)
+        batch_l = [dp.shard_batch(difficulty.group_train_batch(plan, [m], step, False)) for m in members]
+        t, c = time.perf_counter(), time.process_time()
+        state_v, _ = step_v(state_v, batch_v)
+        jax.block_until_ready(state_v)
+        if rep:
+            timing["vmapped"].append((time.perf_counter() - t, time.process_time() - c))
+        t, c = time.perf_counter(), time.process_time()
+        for i in range(len(members)):
+            state_l[i], _ = step_l(state_l[i], batch_l[i])
+        jax.block_until_ready(state_l)
+        if rep:
+            timing["loop"].append((time.perf_counter() - t, time.process_time() - c))
+    print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step, median of {args.repeats} "
+          f"(load {load()}):\n")
+    print("| mode | wall s | CPU s | cpu/wall |")
+    print("|---|---:|---:|---:|")
+    med = {}
+    for mode, ts in timing.items():
+        wall_m, cpu_m = statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)
+        med[mode] = (wall_m, cpu_m)
+        print(f"| {mode} | {wall_m:.2f} | {cpu_m:.2f} | {cpu_m / wall_m:.2f} |")
+    print(f"\nstep-only ratio vmapped/loop: wall {med['vmapped'][0] / med['loop'][0]:.3f}, "
+          f"CPU {med['vmapped'][1] / med['loop'][1]:.3f}")
+    print(f"load average after: {load()}")
+    print(f"vmapped/loop time: {by['vmapped']['end_to_end'] / by['loop']['end_to_end']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
