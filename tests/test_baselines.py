@@ -1,0 +1,247 @@
+"""Baselines: exit rules against per-example references, layer/FLOPs accounting, the multi-exit model and its
+training (DeeBERT freezes the backbone bitwise; PABEE trains everything)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cascade_jax import baselines, cascade, data, models
+from tests import tiny
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exit rules against plain per-example loops.
+
+
+def _reference_confidence(probs, threshold, rule):
+    """For each example: walk the layers, exit at the first confident one; the last layer answers."""
+    num_layers, n, c = probs.shape
+    out = []
+    for i in range(n):
+        for j in range(num_layers):
+            p = [float(x) for x in probs[j, i]]
+            if rule == "entropy":
+                stat = -sum(q * math.log(q) for q in p if q > 0) / math.log(c)
+                confident = stat < threshold
+            else:
+                confident = max(p) > threshold
+            if confident or j == num_layers - 1:
+                out.append(j)
+                break
+    return np.array(out)
+
+
+def _first_argmax(row):
+    best = 0
+    for k, v in enumerate(row):
+        if v > row[best]:
+            best = k
+    return best
+
+
+def _reference_patience(scores, patience):
+    """PABEE's counter, one example at a time (as the authors' code with batch size 1)."""
+    num_layers, n, _ = scores.shape
+    out = []
+    for i in range(n):
+        counter, previous = 0, None
+        for j in range(num_layers):
+            pred = _first_argmax(list(scores[j, i]))
+            counter = counter + 1 if previous is not None and pred == previous else 0
+            previous = pred
+            if counter == patience or j == num_layers - 1:
+                out.append(j)
+                break
+    return np.array(out)
+
+
+def _random_probs(rng, num_layers, n, c):
+    concentration = rng.choice([0.1, 0.5, 2.0, 20.0], size=(num_layers, n, 1))
+    return rng.gamma(np.broadcast_to(concentration, (num_layers, n, c))) + 1e-12
+
+
+@pytest.mark.parametrize("rule", ["entropy", "max_prob"])
+@pytest.mark.parametrize("c", [2, 3])
+def test_confidence_rules_match_a_per_example_loop(rule, c):
+    rng = np.random.default_rng(c)
+    raw = _random_probs(rng, 5, 300, c)
+    probs = raw / raw.sum(-1, keepdims=True)
+    for threshold in [0.05, 0.2, 0.5, 0.7, 0.9, 0.99]:
+        got = baselines.confidence_exit_layers(probs, threshold, rule)
+        np.testing.assert_array_equal(got, _reference_confidence(probs, threshold, rule))
+    spread = baselines.confidence_exit_layers(probs, 0.5 if rule == "entropy" else 0.9, rule)
+    assert len(np.unique(spread)) > 2  # Exits really spread out.
+
+
+def test_patience_matches_the_counter_rule_with_ties_and_large_patience():
+    rng = np.random.default_rng(0)
+    num_layers = 6
+    # Small integer logits: many ties inside a row (argmax takes the first) and many agreeing layers.
+    scores = rng.integers(0, 3, size=(num_layers, 400, 3)).astype(np.float32)
+    assert (np.sum(scores == scores.max(-1, keepdims=True), -1) > 1).mean() > 0.2
+    for patience in range(0, num_layers + 3):
+        got = baselines.patience_exit_layers(scores, patience)
+        np.testing.assert_array_equal(got, _reference_patience(scores, patience), err_msg=f"patience {patience}")
+    assert (baselines.patience_exit_layers(scores, 0) == 0).all()
+    for patience in (num_layers - 1, num_layers, num_layers + 5):
+        assert (baselines.patience_exit_layers(scores, patience) == num_layers - 1).all()
+
+
+def test_patience_hand_made_example():
+    # Predictions per layer for three examples: [0,0,0,1], [0,1,1,1], [1,0,1,0].
+    preds = np.array([[0, 0, 1], [0, 1, 0], [0, 1, 1], [1, 1, 0]])
+    logits = np.eye(2)[preds] * 2.0  # [L, N, 2]
+    np.testing.assert_array_equal(baselines.patience_exit_layers(logits, 1), [1, 2, 3])
+    np.testing.assert_array_equal(baselines.patience_exit_layers(logits, 2), [2, 3, 3])
+    np.testing.assert_array_equal(baselines.patience_exit_layers(logits, 3), [3, 3, 3])
+
+
+def test_extreme_parameters_give_exact_layer_accounting():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 50, 3)).astype(np.float32)
+    cases = [("entropy", 0.0, 4), ("entropy", 1.0 + 1e-9, 1), ("max_prob", 0.0, 1), ("max_prob", 1.0, 4),
+             ("patience", 0, 1), ("patience", 3, 4), ("patience", 10, 4)]
+    for rule, param, layers in cases:
+        r = baselines.exit_result(logits, rule, param)
+        assert (r.layers == layers).all(), (rule, param)
+        assert r.layer_speedup == 4 / layers
+        np.testing.assert_array_equal(r.answered, np.bincount([layers - 1] * 50, minlength=4))
+        np.testing.assert_allclose(r.probs, baselines.softmax(logits[layers - 1]), atol=1e-7)
+
+
+def test_exit_result_answers_with_the_exit_layers_distribution():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=3.0, size=(3, 40, 2)).astype(np.float32)
+    r = baselines.exit_result(logits, "max_prob", 0.8)
+    probs = baselines.softmax(logits)
+    np.testing.assert_allclose(r.probs, probs[r.exit_layer, np.arange(40)], atol=1e-7)
+    np.testing.assert_array_equal(r.predictions, probs[r.exit_layer, np.arange(40)].argmax(-1))
+    assert r.mean_layers == pytest.approx(np.mean(r.exit_layer + 1))
+
+
+def test_rules_reject_bad_arguments():
+    probs = np.full((2, 3, 2), 0.5)
+    with pytest.raises(ValueError):
+        baselines.patience_exit_layers(probs, -1)
+    with pytest.raises(ValueError):
+        baselines.confidence_exit_layers(probs, float("nan"))
+    with pytest.raises(ValueError):
+        baselines.confidence_exit_layers(probs[0], 0.5)
+    with pytest.raises(ValueError):
+        baselines.exit_result(probs, "nope", 1)
+
+
+def test_static_and_flops_accounting():
+    config = models.BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=4)
+    r = baselines.static_result(np.zeros((10, 2)), num_layers=1, full_layers=4)
+    assert r.layer_speedup == 4.0 and (r.layers == 1).all()
+
+    macs = baselines.layer_exit_macs(config, 16)
+    head = 32 * 32 + 32 * 2
+    assert macs.shape == (4,)
+    # Exiting at the last layer = the plain model + the (L - 1) internal heads passed on the way.
+    assert macs[-1] == cascade.bert_macs(config, 16) + 3 * head
+    np.testing.assert_allclose(np.diff(macs), macs[0])  # Every layer adds the same.
+    lengths = np.array([4, 8, 16])
+    per_example = baselines.layer_exit_macs(config, lengths)
+    assert per_example.shape == (4, 3)
+    np.testing.assert_allclose(per_example[:, 2], macs)
+
+    logits = np.zeros((4, 3, 2))
+    logits[0, 0] = [5, 0]  # Example 0 exits at layer 1 (max-prob rule), the others at layer 4.
+    r = baselines.exit_result(logits, "max_prob", 0.9)
+    full = cascade.bert_macs(config, lengths)
+    expected = full.mean() / np.mean([per_example[0, 0], per_example[3, 1], per_example[3, 2]])
+    assert r.flops_speedup(per_example, full) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model and its training.
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines")
+    model_dir = tiny.make_model_dir(root / "model", layers=3, hidden=32, dropout=0.0)
+    # Wider kernels than BERT's init (std 0.2, not 0.02): the random backbone's [CLS] features then depend on the
+    # words enough for heads to learn something in a few steps.
+    module, params = models.from_pretrained(model_dir, num_labels=2)
+    params = jax.tree_util.tree_map_with_path(lambda p, x: x * 10 if p[-1].key == "kernel" else x, params)
+    models.save_pretrained(module, params, model_dir)
+    folder = tiny.make_sentiment_folder(root / "data", n_train=64, n_dev=16, n_test=16)
+    tok = models.tokenizer_for(model_dir)
+    train = data.encode_split("rotten_tomatoes", "train", folder, tokenizer=tok, max_length=32, use_cache=False)
+    return root, model_dir, train
+
+
+def _leaves_equal(a, b):
+    return jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool(np.array_equal(x, y)), a, b))
+
+
+def _objective(module, params, enc, mode):
+    batch = data.make_batch(enc, np.arange(len(enc)), len(enc))
+    logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    fn = baselines.deebert_loss if mode == "deebert" else baselines.pabee_loss
+    return float(fn(logits, batch["label"], batch["valid"]))
+
+
+@pytest.mark.parametrize("head", baselines.HEAD_KINDS)
+def test_multi_exit_model_loads_a_fine_tuned_directory_and_round_trips(workspace, head, tmp_path):
+    _, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head=head)
+    base, base_params = models.from_pretrained(model_dir, num_labels=2)
+    assert _leaves_equal({k: params[k] for k in ("bert", "classifier")}, base_params)
+    assert sorted(params["internal_classifiers"]) == ["layer_0", "layer_1"]
+
+    logits = baselines.predict_exit_logits(module, params, train, batch_size=16)
+    assert logits.shape == (3, len(train), 2) and logits.dtype == np.float32
+    batch = data.make_batch(train, np.arange(len(train)), len(train))
+    plain = base.apply({"params": base_params}, batch["input_ids"], batch["attention_mask"]).logits
+    np.testing.assert_allclose(logits[-1], np.asarray(plain), atol=1e-5)  # Last row = the plain model.
+
+    saved = baselines.save_multi_exit(module, params, tmp_path / "saved")
+    module2, params2 = baselines.load_multi_exit(saved)
+    assert module2.head == head and _leaves_equal(params, params2)
+    _, plain_params = models.from_pretrained(saved, num_labels=2)  # Still an ordinary model directory.
+    assert _leaves_equal(plain_params, base_params)
+
+
+def test_deebert_training_lowers_the_internal_loss_and_freezes_the_rest(workspace):
+    _, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head="pooler")
+    before = _objective(module, params, train, "deebert")
+    config = baselines.ExitTrainConfig(mode="deebert", max_steps=40, epochs=100, batch_size=16,
+                                       learning_rate=3e-2, warmup_ratio=0.0, dropout=False)
+    result = baselines.train_exits(module, params, train, config)
+    assert result.steps == 40 and len(result.losses) == 40
+    after = _objective(module, result.params, train, "deebert")
+    assert after < before - 0.08, (before, after)  # 1.386 -> 1.226 here.
+    frozen = {k: params[k] for k in ("bert", "classifier")}
+    assert _leaves_equal(frozen, {k: result.params[k] for k in ("bert", "classifier")})  # Bitwise unchanged.
+    changed = jax.tree_util.tree_map(lambda x, y: not np.array_equal(x, y), params["internal_classifiers"],
+                                     result.params["internal_classifiers"])
+    assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_pabee_training_trains_everything_jointly(workspace):
+    _, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head="shared_pooler")
+    before = _objective(module, params, train, "pabee")
+    config = baselines.ExitTrainConfig(mode="pabee", max_steps=20, epochs=100, batch_size=16,
+                                       learning_rate=1e-2, warmup_ratio=0.0, dropout=False)
+    result = baselines.train_exits(module, params, train, config)
+    after = _objective(module, result.params, train, "pabee")
+    assert after < before - 0.02, (before, after)  # 0.702 -> 0.655 here.
+    for part in ("bert", "classifier", "internal_classifiers"):
+        assert not _leaves_equal(params[part], result.params[part]), part
+
+
+def test_losses_are_the_documented_weighted_sums():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 2)), jnp.float32)
+    labels = jnp.asarray([0, 1, 1, 0, 1])
+    ce = [float(-jnp.mean(jax.nn.log_softmax(logits[j])[jnp.arange(5), labels])) for j in range(3)]
+    assert float(baselines.deebert_loss(logits, labels)) == pytest.approx(ce[0] + ce[1], rel=1e-6)
+    assert float(baselines.pabee_loss(logits, labels)) == pytest.approx((ce[0] + 2 * ce[1] + 3 * ce[2]) / 6, rel=1e-6)
