@@ -1,0 +1,74 @@
+"""The whole pipeline in miniature (tiny models, tiny data): every stage's outputs, and resuming."""
+
+import json
+import pathlib
+
+import pytest
+
+from cascade_jax import pipeline
+from tests import tiny
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    small = tiny.make_model_dir(root / "small", layers=1, hidden=32, seed=1)
+    large = tiny.make_model_dir(root / "large", layers=2, hidden=32, seed=2)
+    folder = tiny.make_sentiment_folder(root / "data", n_train=64, n_dev=32, n_test=32)
+    config = pipeline.PipelineConfig(
+        output_dir=str(root / "run"), preset="miniature", cuts="everything (a test)", task="rotten_tomatoes",
+        source=str(folder), small_model=str(small), large_model=str(large), trunc_layers=1, bert_kl_layers=(1,),
+        max_length=32, batch_size=16, label_folds=2, label_seeds=2, label_epochs=1.0, label_learning_rate=3e-3,
+        epochs=2.0, learning_rate=3e-3, margins=(0.3, 0.5), exit_epochs=1.0, exit_learning_rate=3e-3,
+        targets=(1.2, 1.6), sweep_points=5, eval_batch_size=16, wallclock_batch_sizes=(16,), wallclock_repeats=1,
+        progress=False,
+    )
+    lines = []
+    spent = pipeline.run(config, log=lines.append)
+    return config, lines, spent
+
+
+def test_every_stage_ran_and_wrote_its_outputs(finished_run):
+    config, lines, spent = finished_run
+    out = pathlib.Path(config.output_dir)
+    assert list(spent) == list(pipeline.STAGE_ORDER)
+    assert (out / "labels" / "difficulty.jsonl").exists() and (out / "labels" / "summary.json").exists()
+    for name in ["small-ce", "small-dar-m0.3", "small-dar-m0.5", "large", "large-1L-kd"]:
+        assert (out / "members" / name / "model" / "model.safetensors").exists(), name
+    assert (out / "baselines" / "bert-1L" / "model" / "model.safetensors").exists()
+    for name in ["deebert", "pabee"]:
+        assert (out / "baselines" / name / "config.json").exists(), name
+    doc = json.loads((out / "report" / "results.json").read_text())
+    methods = {s["method"] for s in doc["selected"]}
+    assert {"DeeBERT", "PABEE", "BERT-1L", "BERT-2L (large member)"} <= methods
+    assert sum(m.startswith("CascadeBERT") for m in methods) == 3 and any(m.startswith("Cascade w/o") for m in methods)
+    assert doc["meta"]["margin"] in (0.3, 0.5) and set(doc["meta"]["margin_dev_scores"]) == {"0.3", "0.5"}
+    assert len(doc["table5"]) == 2 and len(doc["wallclock"]) == 2
+    assert (out / "report" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("rest ~" in line or "running" in line for line in lines)
+
+
+def test_results_page_comes_from_the_results_file(finished_run, tmp_path):
+    config, _, _ = finished_run
+    page = pipeline.write_results_page(config.output_dir, tmp_path / "docs" / "results.md")
+    text = page.read_text()
+    doc = json.loads((pathlib.Path(config.output_dir) / "report" / "results.json").read_text())
+    assert "Table 2" in text and "Table 5" in text and "What reproduces" in text
+    first = doc["selected"][0]
+    assert f"{first['test']['metrics'][doc['meta']['metric']] * 100:.2f}" in text
+    assert (tmp_path / "docs" / "results_curve.png").exists()
+
+
+def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):
+    config, _, _ = finished_run
+    lines = []
+    spent = pipeline.run(config, log=lines.append)
+    assert spent == {}
+    assert sum("skipped" in line for line in lines) == len(pipeline.STAGE_ORDER)
+
+
+def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        pipeline.make_config("fast", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown stage"):
+        pipeline.run(pipeline.make_config("quick", str(tmp_path)), only=("labels", "nope"))
