@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from cascade_jax import pipeline
@@ -72,3 +73,24 @@ def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
         pipeline.make_config("fast", str(tmp_path))
     with pytest.raises(ValueError, match="unknown stage"):
         pipeline.run(pipeline.make_config("quick", str(tmp_path)), only=("labels", "nope"))
+
+
+def test_a_trained_cascade_predicts_raw_texts(finished_run):
+    from cascade_jax import cascade
+    from cascade_jax.predict import CascadePredictor
+
+    config, _, _ = finished_run
+    predictor = CascadePredictor.from_pipeline(config.output_dir, batch_size=4)
+    texts = ["the film was great and moving", "dull boring plot", "a story", "superb acting", "weak and clumsy"]
+    for threshold, expect in [(0.0, {0}), (1.0, {1})]:
+        out = predictor.predict(texts, threshold=threshold)
+        assert len(out) == len(texts) and {o["exit_stage"] for o in out} == expect
+        assert all(o["label_name"] == predictor.task.label_names[o["label"]] for o in out)
+    # Same answers as the simulated cascade at an in-between threshold.
+    inputs = predictor.encode(texts)
+    sim = cascade.simulate(predictor.stages, inputs, 0.6, 4)
+    out = predictor.predict(texts, threshold=0.6)
+    assert [o["exit_stage"] for o in out] == sim.exit_stage.tolist()
+    np.testing.assert_allclose([o["confidence"] for o in out], sim.probs.max(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="non-empty"):
+        predictor.predict(["", "x"])
