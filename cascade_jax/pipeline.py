@@ -327,7 +327,7 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
                               "compiles_during_timing": w.compiles_during_timing})
 
     meta = {"preset": config.preset, "cuts": config.cuts, "task": config.task, "dev_examples": len(enc["dev"]),
-            "test_examples": len(enc["test"]), "margin": margin, "margin_dev_scores": margin_scores,
+            "test_examples": len(enc["test"]), "test_majority_accuracy": majority_accuracy(enc["test"].labels), "margin": margin, "margin_dev_scores": margin_scores,
             "targets": list(config.targets), "metric": evaluation.primary_metric(task.metric)}
     paths = report.write_report(out / "report", test_points, members=members, selected=selected, meta=meta,
                                 title=f"CascadeBERT on {config.task} ({config.preset} preset), test split")
@@ -336,6 +336,12 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
     doc.update(report._json_safe(extra))
     paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return doc
+
+
+def majority_accuracy(labels) -> float:
+    """Accuracy of always answering the most frequent label: what a model that learned nothing scores."""
+    counts = np.bincount(np.asarray(labels, np.int64))
+    return float(counts.max() / counts.sum())
 
 
 def _label_summary(config: PipelineConfig) -> dict | None:
@@ -462,6 +468,11 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
     lines.append("")
     lines.append("## What reproduces and what does not\n")
     lines += findings(doc)
+    times = doc.get("stage_seconds")
+    if times:
+        lines.append("\n## Time per stage (this run)\n")
+        lines.append(" | ".join(f"{k} {_minutes(v)}" for k, v in times.items())
+                     + f" | total {_minutes(sum(times.values()))}")
     ls = doc.get("label_summary")
     if ls:
         lines.append("\n## Difficulty labels\n")
@@ -500,6 +511,12 @@ def findings(doc: dict) -> list[str]:
                 for t in doc["meta"]["targets"] if (main, t) in by and (other, t) in by]
         n_win = sum(a > b for _, a, b in wins)
         detail = ", ".join(f"{t:g}x: {100 * a:.2f} vs {100 * b:.2f}" for t, a, b in wins)
+        majority = doc["meta"].get("test_majority_accuracy")
+        if metric == "accuracy" and majority is not None and wins and all(b <= majority + 0.005 for _, _, b in wins):
+            out.append(f"- The paper: {claim}. Here {other} scores the majority-class rate ({100 * majority:.2f}) "
+                       f"at every target: at these speed-ups its answers are one class for everything (undertrained under this "
+                       f"preset), so the comparison says little.")
+            continue
         out.append(f"- The paper: {claim}. Here: better at {n_win} of {len(wins)} targets ({detail}): "
                    f"{'reproduces' if n_win == len(wins) else 'partly reproduces' if n_win else 'does not reproduce'}.")
     wo = next((m for m in methods if m.startswith("Cascade w/o DAR")), None)
@@ -510,6 +527,13 @@ def findings(doc: dict) -> list[str]:
         out.append(f"- The paper (Table 4): the cascade with DAR beats the cascade without it. Here: better at "
                    f"{n_win} of {len(wins)} targets: "
                    f"{'reproduces' if n_win == len(wins) else 'partly reproduces' if n_win else 'does not reproduce'}.")
+    majority = doc["meta"].get("test_majority_accuracy")
+    if metric == "accuracy" and majority is not None:
+        flat = sorted({s["method"] for s in doc["selected"] if s["test"]["metrics"][metric] <= majority + 0.005})
+        if flat:
+            out.append(f"- At the majority-class rate ({100 * majority:.2f}, a model that learned nothing): "
+                       f"{', '.join(flat)}: at their selected operating points they answer one class for everything; this "
+                       f"preset's training budget is too small for them.")
     for w in doc["wallclock"]:
         out.append(f"- Wall-clock vs layer speed-up at {w['target']:g}x, batch {w['batch_size']}: "
                    f"{w['wallclock_speedup']:.2f}x measured vs {w['layer_speedup']:.2f}x counted "
@@ -521,6 +545,12 @@ def write_results_page(output_dir: str | pathlib.Path, page: str | pathlib.Path)
     """Write ``page`` (e.g. ``docs/results.md``) and its plot beside it from ``output_dir/report``."""
     output_dir, page = pathlib.Path(output_dir), pathlib.Path(page)
     doc = json.loads((output_dir / "report" / "results.json").read_text())
+    if "test_majority_accuracy" not in doc["meta"]:  # Results written before this field existed.
+        cfg = json.loads((output_dir / "pipeline_config.json").read_text())
+        doc["meta"]["test_majority_accuracy"] = majority_accuracy(
+            data.load_split(cfg["task"], "test", cfg["source"])["label"])
+    markers = [output_dir / "stages" / f"{n}.json" for n in STAGE_ORDER]
+    doc["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in markers if m.exists()}
     page.parent.mkdir(parents=True, exist_ok=True)
     plot = page.with_name(page.stem + "_curve.png")
     shutil.copy(output_dir / "report" / "curve.png", plot)
