@@ -63,6 +63,7 @@ __all__ = [
     "early_exit_curve",
     "static_curve",
     "padded_inputs",
+    "json_safe",
     "results_dict",
     "markdown_table",
     "selected_table",
@@ -467,6 +468,9 @@ def _json_safe(x):
     if isinstance(x, np.ndarray):
         return _json_safe(x.tolist())
     return x
+
+
+json_safe = _json_safe  # Public name: plain JSON types, NaN/inf -> None (used for extra report data).
 
 
 def results_dict(points: Sequence[Point], *, members: Mapping[str, list] | None = None,

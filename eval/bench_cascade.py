@@ -25,7 +25,7 @@ part's time as a share of minilm-l6 on all, next to the share that layers x exam
 Run from the repository root::
 
     python -m eval.bench_cascade                         # batch 64 and 256, all 1200 dev sentences:
-                                 # ~600 CPU-seconds (22 min wall on the shared 2-core machine at load ~9)
+                                 # ~630 CPU-seconds: 10 min on the shared 2-core machine at load 1-4, 15-22 at 9
     python -m eval.bench_cascade --batch-sizes 64 --repeats 3 --examples 600   # a quick look
 
 The last line is ``wall-clock/layer speed-up, worst case: R``: the smallest (wall-clock speed-up / layer speed-up)
@@ -200,8 +200,9 @@ def main(argv=None) -> int:
             parts.append(dict(batch=batch_size, part=part, best=wall_s, cpu=cpu_s, expected=expected,
                               wall_share=wall_s / best["large"], cpu_share=cpu_s / best_cpu["large"]))
         print(f"batch {batch_size}: threshold {threshold:.6f}; {compiled} new shapes compiled in {compile_s:.0f}s; "
-              f"minilm-l6 gets {int(real.evaluated[-1])}/{n} examples: {k // batch_size} full batch(es) + a tail "
-              f"of {tail} rows padded to {tail_rows}", flush=True)
+              f"minilm-l6 gets {int(real.evaluated[-1])}/{n} examples (mean real length {lengths[survivors].mean():.1f} "
+              f"vs {lengths.mean():.1f} for all): {k // batch_size} full batch(es) + a tail of {tail} rows padded to "
+              f"{tail_rows}", flush=True)
 
     print(f"\nat end: {_load()}; benchmark took {time.perf_counter() - started:.0f}s wall, "
           f"{time.process_time():.0f}s CPU")
