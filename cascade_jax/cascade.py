@@ -7,14 +7,16 @@ stage always answers.
 Public API::
 
   Stage(apply_fn, params, num_layers, config=None, name="")           # apply_fn(params, batch) -> logits [B, C]
-  run(stages, inputs, threshold, batch_size, *, buckets=None, exit_rule="max_prob", length_multiple=None)
-      -> CascadeResult                                                # the real thing: only survivors run on
+  run(stages, inputs, threshold, batch_size, *, buckets=None, exit_rule="max_prob", length_multiple=None,
+      tail="split") -> CascadeResult                                  # the real thing: only survivors run on
   simulate_all(stages, inputs, batch_size, *, buckets=None, length_multiple=None) -> CascadeSimulation
   simulate(stages, inputs, threshold, batch_size, *, exit_rule="max_prob", ...) -> CascadeResult
   CascadeSimulation.result(threshold, exit_rule="max_prob") -> CascadeResult   # any threshold, no model runs
+  CascadeSimulation.stack(simulations) -> CascadeSimulation          # stages simulated apart, joined
   warmup(stages, batch_size, seq_len, *, buckets=None, length_multiple=None) -> int   # compiles every shape
   compile_count() -> int                                              # traces (= compilations) so far
   default_buckets(batch_size) -> tuple[int, ...]
+  batch_pieces(n, batch_size, *, buckets=None, tail="split") -> tuple[(real rows, padded rows), ...]
   bert_macs(config, seq_len), bert_flops(config, seq_len), bert_macs_breakdown(config, seq_len)
   stage_flops(stages, seq_len) -> list;  CascadeResult.layer_speedup, CascadeResult.flops_speedup(per_stage)
   measure_wallclock(stages, inputs, threshold, batch_size, *, repeats=3, ...) -> WallClock
@@ -39,13 +41,20 @@ Execution and compile design (:func:`run`):
     compilation depends only on the apply_fn and the batch shape.
   * Stage by stage, for throughput: stage 1 runs on all N examples, then stage 2 on all of stage 1's survivors,
     and so on. Each stage's queue (the survivors of every input batch together, in input order) is cut into full
-    batches of ``batch_size``; only the last, partial batch of a stage is padded, to the smallest bucket that holds
-    it. Padding rows repeat a real row and their outputs are dropped, so they never produce results. All batches of
+    batches of ``batch_size``; what is left (the tail, fewer than ``batch_size`` rows) is batched by ``tail``:
+    ``"split"`` (default) cuts it into bucket-sized pieces, largest first, and pads only the last piece, smaller
+    than the smallest bucket (200 rows with buckets 256/128/64/32/16/8 -> 128 + 64 + 8); ``"pad"`` pads the whole
+    tail to the smallest bucket that holds it (200 -> one batch of 256). "split" runs fewer padding rows, and with
+    length trimming each piece is cut to its own longest row; "pad" makes fewer calls, which can matter where a
+    small batch costs nearly as much as a full one (a large accelerator); docs/bench_cascade.md compares the two
+    on CPU. Padding rows repeat a real row and their outputs are dropped, so they never produce
+    results. All batches of
     a stage are dispatched before any result is fetched (JAX's asynchronous dispatch overlaps host gathering with
     device compute); results are scattered back to input order.
   * Batch buckets: ``default_buckets(batch_size)`` is ``batch_size`` halved (rounding up) until it is <= 8, e.g.
     32 -> (32, 16, 8), 100 -> (100, 50, 25, 13, 7), 8 -> (8,). At most ~log2(batch_size / 8) + 2 shapes, and a
-    stage's tail wastes less than half of its bucket. ``buckets=(batch_size,)`` gives one shape per stage.
+    stage's tail wastes less than half of its bucket (with ``tail="pad"``) or fewer than 8 rows (``"split"``).
+    ``buckets=(batch_size,)`` gives one shape per stage (and makes both tail rules the same).
     ``batch_size`` is always a bucket; every bucket must be in [1, batch_size].
   * Optional length trimming, ``length_multiple=m``: a batch is cut to its longest real row (last non-zero
     attention-mask position + 1), rounded up to a multiple of m (capped at L); each stage's queue is then sorted
@@ -92,15 +101,18 @@ __all__ = [
     "warmup",
     "compile_count",
     "default_buckets",
+    "batch_pieces",
     "bert_macs",
     "bert_macs_breakdown",
     "bert_flops",
     "stage_flops",
     "measure_wallclock",
     "EXIT_RULES",
+    "TAIL_RULES",
 ]
 
 EXIT_RULES = ("max_prob", "entropy")
+TAIL_RULES = ("split", "pad")
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _MIN_BUCKET = 8
 
@@ -373,9 +385,34 @@ class _Plan:
     batch_size: int
     buckets: tuple[int, ...]  # Descending; buckets[0] == batch_size.
     length_multiple: int | None
+    tail: str = "split"
 
-    def bucket_for(self, rows: int) -> int:
-        return min(b for b in self.buckets if b >= rows)
+    def pieces(self, n: int) -> list[tuple[int, int]]:
+        """(real rows, padded rows) of each call for a queue of ``n`` rows, in queue order."""
+        out = [(self.batch_size, self.batch_size)] * (n // self.batch_size)
+        rest = n % self.batch_size
+        if self.tail == "split":
+            for b in self.buckets:  # Descending: largest pieces first.
+                while rest >= b:
+                    out.append((b, b))
+                    rest -= b
+        if rest:
+            out.append((rest, min(b for b in self.buckets if b >= rest)))
+        return out
+
+
+def _make_plan(batch_size, buckets, length_multiple, tail) -> _Plan:
+    if tail not in TAIL_RULES:
+        raise ValueError(f"tail must be one of {TAIL_RULES}, got {tail!r}")
+    return _Plan(batch_size, _resolve_buckets(batch_size, buckets), _check_length_multiple(length_multiple), tail)
+
+
+def batch_pieces(n: int, batch_size: int, *, buckets: Sequence[int] | None = None, tail: str = "split"):
+    """How :func:`run` batches a stage queue of ``n`` examples: one ``(real rows, padded rows)`` pair per call, in
+    queue order (full batches first, then the tail as ``tail`` says; see the module doc)."""
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    return tuple(_make_plan(batch_size, buckets, None, tail).pieces(int(n)))
 
 
 def _evaluate(stage: Stage, params, inputs: dict, lengths: np.ndarray, idx: np.ndarray, plan: _Plan):
@@ -387,10 +424,10 @@ def _evaluate(stage: Stage, params, inputs: dict, lengths: np.ndarray, idx: np.n
     else:
         perm, order = None, idx
     pending = []
-    for start in range(0, len(order), plan.batch_size):
-        chunk = order[start : start + plan.batch_size]
-        real = len(chunk)
-        bucket = plan.bucket_for(real)
+    start = 0
+    for real, bucket in plan.pieces(len(order)):
+        chunk = order[start : start + real]
+        start += real
         rows = chunk if bucket == real else np.concatenate([chunk, np.repeat(chunk[:1], bucket - real)])
         width = _trimmed_length(lengths[chunk].max(), seq_len, plan.length_multiple)
         batch = {k: v[rows, :width] for k, v in inputs.items()}
@@ -453,6 +490,7 @@ def run(
     buckets: Sequence[int] | None = None,
     exit_rule: str = "max_prob",
     length_multiple: int | None = None,
+    tail: str = "split",
 ) -> CascadeResult:
     """Run the cascade for real: each stage only on the examples no earlier stage was confident about.
 
@@ -461,14 +499,15 @@ def run(
       inputs: dict of [N, L] integer numpy arrays (see the module doc).
       threshold: a number, or one per non-final stage.
       batch_size: rows per call; the largest bucket.
-      buckets: allowed batch sizes for a stage's last, partial batch (default :func:`default_buckets`).
+      buckets: allowed batch sizes for a stage's tail (default :func:`default_buckets`).
       exit_rule: ``"max_prob"`` (exit if > threshold) or ``"entropy"`` (normalised entropy < threshold).
       length_multiple: if set, trim each batch to its longest real row rounded up to a multiple of this.
+      tail: ``"split"`` (tail cut into bucket-sized pieces) or ``"pad"`` (tail padded to one bucket).
     """
     stages = _check_stages(stages)
     _check_exit_rule(exit_rule)
     taus = _resolve_thresholds(threshold, len(stages))
-    plan = _Plan(batch_size, _resolve_buckets(batch_size, buckets), _check_length_multiple(length_multiple))
+    plan = _make_plan(batch_size, buckets, length_multiple, tail)
     data = _prepare_inputs(inputs)
     lengths = _real_lengths(data["attention_mask"])
     params = [jax.device_put(s.params) for s in stages]
@@ -491,6 +530,20 @@ class CascadeSimulation:
     entropy: np.ndarray
     num_layers: tuple[int, ...]
 
+    @classmethod
+    def stack(cls, parts: Sequence["CascadeSimulation"]) -> "CascadeSimulation":
+        """One simulation from several, stages in order: e.g. each member simulated alone once and shared by
+        every cascade that uses it (the same numbers :func:`simulate_all` of all the stages gives)."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("nothing to stack")
+        if len({p.probs.shape[1:] for p in parts}) != 1:
+            raise ValueError(f"simulations cover different examples/classes: {[p.probs.shape for p in parts]}")
+        return cls(probs=np.concatenate([p.probs for p in parts]),
+                   max_prob=np.concatenate([p.max_prob for p in parts]),
+                   entropy=np.concatenate([p.entropy for p in parts]),
+                   num_layers=tuple(n for p in parts for n in p.num_layers))
+
     def result(self, threshold, exit_rule: str = "max_prob") -> CascadeResult:
         _check_exit_rule(exit_rule)
         taus = _resolve_thresholds(threshold, len(self.num_layers))
@@ -508,10 +561,11 @@ def simulate_all(
     *,
     buckets: Sequence[int] | None = None,
     length_multiple: int | None = None,
+    tail: str = "split",
 ) -> CascadeSimulation:
     """Run every stage on every example once (same jitted steps and batching as :func:`run`)."""
     stages = _check_stages(stages)
-    plan = _Plan(batch_size, _resolve_buckets(batch_size, buckets), _check_length_multiple(length_multiple))
+    plan = _make_plan(batch_size, buckets, length_multiple, tail)
     data = _prepare_inputs(inputs)
     lengths = _real_lengths(data["attention_mask"])
     idx = np.arange(len(lengths))
@@ -533,9 +587,10 @@ def simulate(
     buckets: Sequence[int] | None = None,
     exit_rule: str = "max_prob",
     length_multiple: int | None = None,
+    tail: str = "split",
 ) -> CascadeResult:
     """``simulate_all(...).result(threshold, exit_rule)``: what :func:`run` returns, by running every stage on all."""
-    sim = simulate_all(stages, inputs, batch_size, buckets=buckets, length_multiple=length_multiple)
+    sim = simulate_all(stages, inputs, batch_size, buckets=buckets, length_multiple=length_multiple, tail=tail)
     return sim.result(threshold, exit_rule)
 
 
@@ -550,7 +605,7 @@ def warmup(
     """Compile every (bucket, length) shape :func:`run` can use for padded length ``seq_len``; returns how many
     new compilations that took (0 if all were compiled before)."""
     stages = _check_stages(stages)
-    plan = _Plan(batch_size, _resolve_buckets(batch_size, buckets), _check_length_multiple(length_multiple))
+    plan = _make_plan(batch_size, buckets, length_multiple, "pad")  # Every bucket is compiled: tail is moot.
     if int(seq_len) != seq_len or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     before = compile_count()
@@ -640,6 +695,7 @@ def measure_wallclock(
     buckets: Sequence[int] | None = None,
     exit_rule: str = "max_prob",
     length_multiple: int | None = None,
+    tail: str = "split",
     clock: Callable[[], float] = time.perf_counter,
 ) -> WallClock:
     """Time :func:`run` against the largest stage alone (a one-stage :func:`run`: same data, batching and length
@@ -655,10 +711,10 @@ def measure_wallclock(
     warmup(stages, batch_size, seq_len, **kw)
 
     def cascade():
-        return run(stages, inputs, threshold, batch_size, exit_rule=exit_rule, **kw)
+        return run(stages, inputs, threshold, batch_size, exit_rule=exit_rule, tail=tail, **kw)
 
     def baseline():
-        return run([stages[largest]], inputs, (), batch_size, exit_rule=exit_rule, **kw)
+        return run([stages[largest]], inputs, (), batch_size, exit_rule=exit_rule, tail=tail, **kw)
 
     result = cascade()
     baseline()

@@ -16,16 +16,17 @@ goes on to minilm-l6). Every shape is compiled before timing (``cascade.warmup``
 untimed; then the variants are interleaved ``--repeats`` times (alternating the order) and each one's best (minimum)
 time is used, as the machine is shared; medians are printed too. Timing fails if anything compiles meanwhile.
 
-Diagnostics, timed the same way: ``small on all`` (minilm-l3 alone on every example) and ``large on hard``
-(minilm-l6 alone on the examples the cascade sends on), whose sum is what the cascade would cost with no overhead of
-its own; for batch sizes above 64 also ``large on hard, b64``: those examples in batches of 64, i.e. what stage 2
-would cost if a stage's short queue were not padded into one batch of the full batch size. A second table gives each
-part's time as a share of minilm-l6 on all, next to the share that layers x examples predict.
+Also ``large, pad`` and ``cascade, pad``: the same two with ``tail="pad"`` (each stage's last, partial batch padded
+to one bucket instead of cut into bucket-sized pieces; the default is ``tail="split"``), with their ratio taken
+against ``large, pad``. Diagnostics, timed the same way: ``small on all`` (minilm-l3 alone on every example) and
+``large on hard`` (minilm-l6 alone on the examples the cascade sends on), whose sum is what the cascade would cost
+with no overhead of its own. A second table gives each part's time as a share of minilm-l6 on all, next to the share
+that layers x examples predict.
 
 Run from the repository root::
 
     python -m eval.bench_cascade                         # batch 64 and 256, all 1200 dev sentences:
-                                 # ~630 CPU-seconds: 10 min on the shared 2-core machine at load 1-4, 15-22 at 9
+                                 # ~850 CPU-seconds: ~15 min on the shared 2-core machine at load 1-4
     python -m eval.bench_cascade --batch-sizes 64 --repeats 3 --examples 600   # a quick look
 
 The last line is ``wall-clock/layer speed-up, worst case: R``: the smallest (wall-clock speed-up / layer speed-up)
@@ -35,16 +36,15 @@ over the batch sizes; 1.0 means the cascade saves exactly as much time as it sav
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 if __package__ in (None, ""):  # `python eval/bench_cascade.py`: make `cascade_jax` importable from the repo root.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from eval import machine  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,25 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "to 8) or 'full' (always a full batch)")
     p.add_argument("--max-length", type=int, default=128, help="tokeniser truncation (default 128)")
     return p.parse_args(argv)
-
-
-def _load() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _cpu() -> str:
-    model = platform.processor() or "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}; {len(os.sched_getaffinity(0))} schedulable cores"
 
 
 def choose_threshold(stage1_max_prob, layers, target: float) -> float:
@@ -111,8 +92,8 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
-    print(f"CPU: {_cpu()}; python {platform.python_version()}, jax {jax.__version__}")
-    print(f"at start: {_load()}", flush=True)
+    print(f"CPU: {machine.describe()}; jax {jax.__version__}")
+    print(f"load average at start: {machine.load_average()}", flush=True)
 
     tokenizer = models.tokenizer_for("minilm-l6")
     enc = data.encode_split("rotten_tomatoes", "validation", tokenizer=tokenizer, max_length=args.max_length)
@@ -145,20 +126,19 @@ def main(argv=None) -> int:
         threshold = choose_threshold(sim.max_prob[0], [s.num_layers for s in stages], args.target)
         survivors = np.flatnonzero(sim.result(threshold).exit_stage == len(stages) - 1)
         hard = {k: v[survivors] for k, v in inputs.items()}
+        pad = dict(kw, tail="pad")
         variants = {
             "large": lambda: cascade.run([large], inputs, (), batch_size, **kw),
             "cascade": lambda: cascade.run(stages, inputs, threshold, batch_size, **kw),
             "every model": lambda: cascade.simulate(stages, inputs, threshold, batch_size, **kw),
+            # The same two with each stage's tail padded to one bucket (cascade.run's tail="pad", its behaviour
+            # before tail="split" became the default).
+            "large, pad": lambda: cascade.run([large], inputs, (), batch_size, **pad),
+            "cascade, pad": lambda: cascade.run(stages, inputs, threshold, batch_size, **pad),
             # Diagnostics: the cascade's two parts, each run on its own.
             "small on all": lambda: cascade.run(stages[:1], inputs, (), batch_size, **kw),
             "large on hard": lambda: cascade.run([large], hard, (), batch_size, **kw),
         }
-        split = min(64, batch_size)
-        if batch_size > split and split in buckets:
-            # The hard examples cut into batches of 64 (shapes already compiled as buckets): what stage 2 would cost
-            # if a stage's queue were batched by its own size instead of padded to one batch of batch_size.
-            variants["large on hard, b64"] = lambda: cascade.run([large], hard, (), split,
-                                                                 length_multiple=length_multiple)
         results = {name: fn() for name, fn in variants.items()}  # Untimed: first real call of every path.
         before = cascade.compile_count()
         times = {name: [] for name in variants}
@@ -177,46 +157,44 @@ def main(argv=None) -> int:
         best = {name: min(t) for name, t in times.items()}
         best_cpu = {name: min(t) for name, t in cpu.items()}
         all_layers = sum(s.num_layers for s in stages)
-        for name in ("large", "cascade", "every model"):
-            counted = large.num_layers / results[name].mean_layers if name != "large" else 1.0
-            executed = {"large": 1.0, "cascade": counted, "every model": large.num_layers / all_layers}[name]
-            wall = best["large"] / best[name]
-            by_cpu = best_cpu["large"] / best_cpu[name]
+        for name in ("large", "cascade", "every model", "large, pad", "cascade, pad"):
+            counted = large.num_layers / results[name].mean_layers if not name.startswith("large") else 1.0
+            executed = large.num_layers / all_layers if name == "every model" else counted
+            ref = "large, pad" if name.endswith(", pad") else "large"
+            wall = best[ref] / best[name]
+            by_cpu = best_cpu[ref] / best_cpu[name]
             rows.append(dict(batch=batch_size, variant=name, best=best[name], median=statistics.median(times[name]),
                              ex_s=n / best[name], layer=counted, executed=executed, wall=wall, ratio=wall / counted,
                              cpu=best_cpu[name], cpu_ratio=by_cpu / counted, util=sum(cpu[name]) / sum(times[name])))
         k = len(survivors)
-        tail = k % batch_size
-        tail_rows = min((b for b in buckets if b >= tail), default=0) if tail else 0
+        pieces_split = [real for real, _ in cascade.batch_pieces(k, batch_size, buckets=buckets)]
+        pieces_pad = [padded for _, padded in cascade.batch_pieces(k, batch_size, buckets=buckets, tail="pad")]
         small_share = stages[0].num_layers / large.num_layers
         pieces = [("small on all", ["small on all"], small_share), (f"large on {k} hard", ["large on hard"], k / n),
                   ("sum of parts", ["small on all", "large on hard"], small_share + k / n),
                   ("cascade", ["cascade"], small_share + k / n)]
-        if "large on hard, b64" in best:
-            pieces += [(f"large on {k} hard @64", ["large on hard, b64"], k / n),
-                       ("small + large @64", ["small on all", "large on hard, b64"], small_share + k / n)]
         for part, keys, expected in pieces:
             wall_s, cpu_s = sum(best[x] for x in keys), sum(best_cpu[x] for x in keys)
             parts.append(dict(batch=batch_size, part=part, best=wall_s, cpu=cpu_s, expected=expected,
                               wall_share=wall_s / best["large"], cpu_share=cpu_s / best_cpu["large"]))
         print(f"batch {batch_size}: threshold {threshold:.6f}; {compiled} new shapes compiled in {compile_s:.0f}s; "
               f"minilm-l6 gets {int(real.evaluated[-1])}/{n} examples (mean real length {lengths[survivors].mean():.1f} "
-              f"vs {lengths.mean():.1f} for all): {k // batch_size} full batch(es) + a tail of {tail} rows padded to "
-              f"{tail_rows}", flush=True)
+              f"vs {lengths.mean():.1f} for all), in calls of {'+'.join(map(str, pieces_split))} rows (split; "
+              f"pad: {'+'.join(map(str, pieces_pad))})", flush=True)
 
-    print(f"\nat end: {_load()}; benchmark took {time.perf_counter() - started:.0f}s wall, "
+    print(f"\nload average at end: {machine.load_average()}; benchmark took {time.perf_counter() - started:.0f}s wall, "
           f"{time.process_time():.0f}s CPU")
     print("\nbest: fastest of the timed runs (seconds, all sentences); median: of the timed runs; layer: the paper's "
           "layer speed-up, 6 / mean layers of the stages each example needs; executed: 6 / layers actually run per "
           "example (every model runs 3 + 6 on all); wall: best(large) / best(variant); ratio: wall / layer; "
           "cpu s: least process CPU seconds of a run (all threads); cpu ratio: the same ratio from CPU seconds, "
           "less disturbed by other processes; cpu/wall: CPU seconds per wall second (2 = both cores busy for us)\n")
-    header = (f"{'batch':>5}  {'variant':<12} {'best s':>7} {'median s':>8} {'ex/s':>7} {'layer':>6} {'executed':>8} "
+    header = (f"{'batch':>5}  {'variant':<13} {'best s':>7} {'median s':>8} {'ex/s':>7} {'layer':>6} {'executed':>8} "
               f"{'wall':>6} {'ratio':>6} {'cpu s':>7} {'cpu ratio':>9} {'cpu/wall':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['batch']:>5}  {r['variant']:<12} {r['best']:>7.3f} {r['median']:>8.3f} {r['ex_s']:>7.1f} "
+        print(f"{r['batch']:>5}  {r['variant']:<13} {r['best']:>7.3f} {r['median']:>8.3f} {r['ex_s']:>7.1f} "
               f"{r['layer']:>5.2f}x {r['executed']:>7.2f}x {r['wall']:>5.2f}x {r['ratio']:>6.2f} {r['cpu']:>7.2f} "
               f"{r['cpu_ratio']:>9.2f} {r['util']:>8.2f}")
     print("\nWhere the cascade's time goes: each part's best wall and CPU time as a share of minilm-l6 alone on all, "
@@ -228,6 +206,11 @@ def main(argv=None) -> int:
     for p in parts:
         print(f"{p['batch']:>5}  {p['part']:<22} {p['best']:>7.3f} {p['cpu']:>7.2f} {p['wall_share']:>10.2f} "
               f"{p['cpu_share']:>9.2f} {p['expected']:>9.2f}")
+    for batch_size in args.batch_sizes:
+        by = {r["variant"]: r for r in rows if r["batch"] == batch_size}
+        print(f"batch {batch_size}: split/pad time, minilm-l6 alone {by['large']['best'] / by['large, pad']['best']:.2f}, "
+              f"cascade {by['cascade']['best'] / by['cascade, pad']['best']:.2f} (CPU: "
+              f"{by['large']['cpu'] / by['large, pad']['cpu']:.2f}, {by['cascade']['cpu'] / by['cascade, pad']['cpu']:.2f})")
     worst = min(r["ratio"] for r in rows if r["variant"] == "cascade")
     print(f"wall-clock/layer speed-up, worst case: {worst:.2f}")
     return 0

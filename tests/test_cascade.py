@@ -168,10 +168,11 @@ def _threshold_cases(sim, exit_rule):
 @pytest.mark.parametrize("exit_rule", ["max_prob", "entropy"])
 @pytest.mark.parametrize("plan", [PLAN_FULL, PLAN_TRIM], ids=["batch8", "batch5-trim"])
 @pytest.mark.parametrize("depth", ["2", "3"])
-def test_run_equals_simulate_and_reference(bert_stages, data, depth, plan, exit_rule):
+@pytest.mark.parametrize("tail", cascade.TAIL_RULES)
+def test_run_equals_simulate_and_reference(bert_stages, data, depth, plan, exit_rule, tail):
     stages = bert_stages[depth]
     batch_size, buckets, length_multiple = plan
-    kw = dict(buckets=buckets, length_multiple=length_multiple)
+    kw = dict(buckets=buckets, length_multiple=length_multiple, tail=tail)
     sim = cascade.simulate_all(stages, data, batch_size, **kw)
     assert sim.probs.shape == (len(stages), N_EXAMPLES, 3)
     for threshold in _threshold_cases(sim, exit_rule):
@@ -183,6 +184,19 @@ def test_run_equals_simulate_and_reference(bert_stages, data, depth, plan, exit_
     # The interior thresholds really split the examples over the stages.
     middle = cascade.run(stages, data, _threshold_cases(sim, exit_rule)[1], batch_size, exit_rule=exit_rule, **kw)
     assert 0 < middle.answered[0] < N_EXAMPLES
+
+
+def test_stacked_simulations_equal_the_joint_one(bert_stages, data):
+    stages = bert_stages["3"]
+    joint = cascade.simulate_all(stages, data, 5, buckets=(5, 2), length_multiple=6)
+    apart = [cascade.simulate_all([s], data, 5, buckets=(5, 2), length_multiple=6) for s in stages]
+    stacked = cascade.CascadeSimulation.stack(apart)
+    for field in ("probs", "max_prob", "entropy"):
+        np.testing.assert_array_equal(getattr(stacked, field), getattr(joint, field))
+    assert stacked.num_layers == joint.num_layers
+    _assert_same(stacked.result(0.6), joint.result(0.6))
+    with pytest.raises(ValueError, match="different examples"):
+        cascade.CascadeSimulation.stack([apart[0], cascade.simulate_all(stages[:1], {k: v[:5] for k, v in data.items()}, 5)])
 
 
 def test_simulate_returns_the_result(bert_stages, data):
@@ -233,15 +247,16 @@ def _identified_inputs(n, seq_len=6, seed=0):
     taus=st.lists(st.floats(0.0, 1.05), min_size=2, max_size=2),
     per_stage=st.booleans(),
     seed=st.integers(0, 3),
+    tail=st.sampled_from(cascade.TAIL_RULES),
 )
 def test_no_example_lost_duplicated_or_reordered(
-    n, batch_size, bucket_picks, length_multiple, depth, exit_rule, taus, per_stage, seed
+    n, batch_size, bucket_picks, length_multiple, depth, exit_rule, taus, per_stage, seed, tail
 ):
     stages = _synthetic_stages()[:depth]
     inputs = _identified_inputs(n, seed=seed)
     buckets = sorted({b for b in bucket_picks if b <= batch_size}) or None
     threshold = tuple(taus[: depth - 1]) if per_stage else taus[0]
-    kw = dict(buckets=buckets, length_multiple=length_multiple)
+    kw = dict(buckets=buckets, length_multiple=length_multiple, tail=tail)
     sim = cascade.simulate_all(stages, inputs, batch_size, **kw)
     stat = sim.max_prob if exit_rule == "max_prob" else sim.entropy
     per = threshold if per_stage else (threshold,) * (depth - 1)
@@ -407,6 +422,59 @@ def test_default_buckets():
     assert cascade.default_buckets(8) == (8,)
     assert cascade.default_buckets(5) == (5,)
     assert cascade.default_buckets(100) == (100, 50, 25, 13, 7)
+
+
+def _pieces_reference(n, batch_size, buckets, tail):
+    """Batching written as a plain loop over rows still to place: a full batch while one fits; then, for "split",
+    the largest bucket that the rest fills completely; whatever is left goes into the smallest bucket holding it."""
+    sizes = sorted(set(buckets) | {batch_size})
+    out, left = [], n
+    while left:
+        if left >= batch_size:
+            take = batch_size
+        elif tail == "split" and any(b <= left for b in sizes):
+            take = max(b for b in sizes if b <= left)
+        else:
+            out.append((left, min(b for b in sizes if b >= left)))
+            break
+        out.append((take, take))
+        left -= take
+    return tuple(out)
+
+
+def test_batch_pieces_examples():
+    # The benchmark's case: 200 survivors at batch 256.
+    assert cascade.batch_pieces(200, 256) == ((128, 128), (64, 64), (8, 8))
+    assert cascade.batch_pieces(200, 256, tail="pad") == ((200, 256),)
+    assert cascade.batch_pieces(1200, 256) == ((256, 256),) * 4 + ((128, 128), (32, 32), (16, 16))
+    assert cascade.batch_pieces(13, 8) == ((8, 8), (5, 8))
+    assert cascade.batch_pieces(0, 8) == ()
+    assert cascade.batch_pieces(30, 100) == ((25, 25), (5, 7))
+    assert cascade.batch_pieces(7, 4, buckets=(4,)) == ((4, 4), (3, 4))  # One bucket: both rules agree.
+    with pytest.raises(ValueError, match="tail"):
+        cascade.batch_pieces(5, 4, tail="drop")
+    with pytest.raises(ValueError, match="tail"):
+        cascade.run(_synthetic_stages(layers=(1,)), _identified_inputs(3), (), 4, tail="drop")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    batch_size=st.integers(1, 64),
+    bucket_picks=st.lists(st.integers(1, 64), max_size=4),
+    tail=st.sampled_from(cascade.TAIL_RULES),
+)
+def test_batch_pieces_against_reference(n, batch_size, bucket_picks, tail):
+    buckets = sorted({b for b in bucket_picks if b <= batch_size}) or None
+    sizes = cascade.default_buckets(batch_size) if buckets is None else tuple(buckets)
+    pieces = cascade.batch_pieces(n, batch_size, buckets=buckets, tail=tail)
+    assert pieces == _pieces_reference(n, batch_size, sizes, tail)
+    assert sum(real for real, _ in pieces) == n
+    allowed = set(sizes) | {batch_size}
+    assert all(padded in allowed and 1 <= real <= padded for real, padded in pieces)
+    assert all(real == padded for real, padded in pieces[:-1])  # Only the last call is padded...
+    if pieces and tail == "split":  # ... and with "split" by fewer rows than the smallest bucket.
+        assert pieces[-1][1] - pieces[-1][0] < min(allowed)
 
 
 def test_bad_arguments_are_rejected():
