@@ -323,11 +323,8 @@ def train_exits(module: MultiExitBert, params, train: data.Encoded, config: Exit
     total = max(1, math.ceil(config.epochs * spe))
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    schedule = trainer.linear_warmup_decay(config.learning_rate, total, int(config.warmup_ratio * total))
-    tx = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adamw(schedule, weight_decay=config.weight_decay, mask=trainer.decay_mask),
-    )
+    tx = trainer.adamw(config.learning_rate, total, warmup_ratio=config.warmup_ratio,
+                       weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
     trainable, frozen = _partition(params, config.mode)
     opt_state = tx.init(trainable)
     base_key = jax.random.PRNGKey(config.seed)

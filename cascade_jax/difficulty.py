@@ -13,7 +13,7 @@ Members and seeds. Member ``m = k * S + s`` has seed ``config.seed + s``, used e
 its seed: it initialises what the checkpoint lacks (classifier, and the pooler of minilm-l3), gives the dropout key
 ``PRNGKey(seed)`` and the data order (epoch ``e`` visits the member's own training positions in the order
 ``data.epoch_permutation(n_k, seed, e)``). The step is :func:`trainer.make_train_step` with plain cross entropy and
-AdamW as :func:`trainer.make_optimizer` builds it.
+AdamW as :func:`trainer.adamw` builds it.
 
 Lock-step. Members' training sets differ in size by at most one, so their steps per epoch differ by at most one.
 All members run ``steps_per_epoch = max_k ceil(n_k / B)`` steps an epoch; a member that has run out of examples in
@@ -272,8 +272,7 @@ class Plan:
 
 def _optimizer(optim: tuple[float, float, float, float], total_steps: int) -> optax.GradientTransformation:
     lr, warmup, decay, clip = optim
-    return trainer.make_optimizer(trainer.TrainConfig(output_dir="", learning_rate=lr, warmup_ratio=warmup,
-                                                      weight_decay=decay, max_grad_norm=clip), total_steps)
+    return trainer.adamw(lr, total_steps, warmup_ratio=warmup, weight_decay=decay, max_grad_norm=clip)
 
 
 @functools.lru_cache(maxsize=8)

@@ -183,7 +183,6 @@ def expected_calibration_error(confidence, correct, num_bins: int = 10, valid=No
     # side="left": the first edge >= c, so c == edge_k lands in bin k - 1 = (edge_{k-1}, edge_k].
     bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
     n = confidence.shape[0]
-    count = np.bincount(bins, minlength=num_bins).astype(np.float64)
     conf_sum = np.bincount(bins, weights=_as_float64(confidence), minlength=num_bins)
     correct_sum = np.bincount(bins, weights=_as_float64(correct != 0), minlength=num_bins)
     # sum_k |B_k|/N * |acc_k - conf_k| = sum_k |correct_sum_k - conf_sum_k| / N.

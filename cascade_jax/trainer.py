@@ -90,6 +90,10 @@ class TrainConfig:
 
     ``train_subset=n`` trains on :func:`cascade_jax.data.subset` ``(train, n)``: a fixed random sample, the same
     one the difficulty labeller takes, for quick runs.
+
+    ``eval_every``: evaluate on dev every N steps; 0 = once per epoch; -1 = only after the last step (the exported
+    model is then the last one). ``checkpoint_every``: N steps; 0 = at each evaluation, or once per epoch when
+    ``eval_every`` is -1. The last step is always evaluated and checkpointed.
     """
 
     output_dir: str
@@ -166,13 +170,22 @@ def linear_warmup_decay(peak: float, total_steps: int, warmup_steps: int) -> opt
     return schedule
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and decay, global-norm clipping, no decay on LayerNorm and biases."""
-    schedule = linear_warmup_decay(config.learning_rate, total_steps, int(config.warmup_ratio * total_steps))
+def adamw(learning_rate: float, total_steps: int, *, warmup_ratio: float, weight_decay: float,
+          max_grad_norm: float) -> optax.GradientTransformation:
+    """The one optimiser of the project (members, difficulty labellers, exit heads): AdamW with linear warm-up over
+    ``warmup_ratio`` of ``total_steps`` then linear decay to 0, global-norm clipping, no decay on LayerNorm and
+    biases."""
+    schedule = linear_warmup_decay(learning_rate, total_steps, int(warmup_ratio * total_steps))
     return optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
     )
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """:func:`adamw` with ``config`` 's settings."""
+    return adamw(config.learning_rate, total_steps, warmup_ratio=config.warmup_ratio,
+                 weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,8 +402,8 @@ def fit(
     step_fn = dp.map_step(make_train_step(module, tx, config.loss, teacher, config.dropout), num_extra=len(extra))
     eval_fn = jax.jit(models.logits_fn(module))
     extras = _batch_extras(config, train)
-    eval_every = config.eval_every or spe
-    ckpt_every = config.checkpoint_every or eval_every
+    eval_every = steps_total if config.eval_every < 0 else config.eval_every or spe
+    ckpt_every = config.checkpoint_every or (spe if config.eval_every < 0 else eval_every)
     metric_name = evaluation.primary_metric(task.metric)
 
     def meta_for(step: int) -> dict:
@@ -417,7 +430,7 @@ def fit(
                dynamic_ncols=True)
     step, status, last_saved = start, "finished", start
     pending: list[tuple[int, dict]] = []
-    t_last, ex_last = time.perf_counter(), 0.0
+    t_last = time.perf_counter()
     preemption = _Preemption()
     try:
         with preemption.installed():

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import shutil
 import statistics
 import sys
@@ -47,6 +45,8 @@ import time
 
 if __package__ in (None, ""):  # `python eval/bench_difficulty.py`: make `cascade_jax` importable.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from eval import machine  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,25 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step-only comparison")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
     return p.parse_args(argv)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "load": load()}
-
-
-def load() -> str:
-    try:
-        return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def warm_up(base: dict, root: pathlib.Path) -> None:
@@ -107,7 +88,7 @@ def main(argv=None) -> int:
 
     from cascade_jax import difficulty
 
-    info = machine()
+    info = machine.info()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform} x{jax.device_count()}")
     print(f"load average (1, 5, 15 min) before: {info['load']}")
@@ -129,7 +110,7 @@ def main(argv=None) -> int:
             def on_step(group, step, per_member, stamps=stamps):
                 stamps.append((group, len(per_member["loss"]), time.perf_counter()))
 
-            load_before = load()
+            load_before = machine.load_average()
             t0, cpu0 = time.perf_counter(), time.process_time()
             result = difficulty.label_difficulty(cfg, on_step=on_step)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -143,7 +124,7 @@ def main(argv=None) -> int:
                          "predict": s["predict_seconds"], "member_steps": s["members"] * s["total_steps"],
                          "steady": statistics.median(steady), "cpu": cpu, "cpu_per_wall": cpu / wall,
                          "accuracy": s["mean_heldout_accuracy"], "share_hard": s["share_hard"],
-                         "load": f"{load_before} -> {load()}"})
+                         "load": f"{load_before} -> {machine.load_average()}"})
             labels[mode] = [json.loads(line) for line in result.labels_path.read_text().splitlines()]
             print(f"  {mode:7s}: {wall:7.1f} s end to end (load {rows[-1]['load']})", flush=True)
     finally:
@@ -199,7 +180,7 @@ def main(argv=None) -> int:
         if rep:
             timing["loop"].append((time.perf_counter() - t, time.process_time() - c))
     print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step, median of {args.repeats} "
-          f"(load {load()}):\n")
+          f"(load {machine.load_average()}):\n")
     print("| mode | wall s | CPU s | cpu/wall |")
     print("|---|---:|---:|---:|")
     med = {}
@@ -209,7 +190,7 @@ def main(argv=None) -> int:
         print(f"| {mode} | {wall_m:.2f} | {cpu_m:.2f} | {cpu_m / wall_m:.2f} |")
     print(f"\nstep-only ratio vmapped/loop: wall {med['vmapped'][0] / med['loop'][0]:.3f}, "
           f"CPU {med['vmapped'][1] / med['loop'][1]:.3f}")
-    print(f"load average after: {load()}")
+    print(f"load average after: {machine.load_average()}")
     print(f"vmapped/loop time: {by['vmapped']['end_to_end'] / by['loop']['end_to_end']:.3f}")
     return 0
 

@@ -45,6 +45,8 @@ import time
 if __package__ in (None, ""):  # `python eval/bench_model.py`: make `cascade_jax` importable from the repo root.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from eval import machine  # noqa: E402
+
 
 # XLA:CPU in jaxlib 0.10 hands dots, and the elementwise ops and reductions around them, to YNNPACK "library
 # fusions" by default. For this model on CPU that is slower than XLA's own emitters: it materialises broadcast
@@ -88,33 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_description() -> str:
-    model = "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or "unknown"
-    n_sched = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}; nproc={n_sched} (of {os.cpu_count()} online)"
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _timed(fn) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -137,7 +112,7 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
-    print(f"CPU: {cpu_description()}")
+    print(f"CPU: {machine.describe()}")
     print(f"python {platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}), "
           f"flax {__import__('flax').__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"threads: torch.get_num_threads()={torch.get_num_threads()} "
@@ -153,7 +128,7 @@ def main(argv=None) -> int:
     if args.xla_default_too:
         variants["jax-xla-default"] = {}
     print(f"JAX compiler options: {JAX_COMPILER_OPTIONS}" + (" (also timed: XLA defaults)" if args.xla_default_too else ""))
-    print(f"load average at start: {_load_average()}", flush=True)
+    print(f"load average at start: {machine.load_average()}", flush=True)
 
     rows = []
     started = time.perf_counter()
@@ -212,7 +187,7 @@ def main(argv=None) -> int:
                 for i in range(n):
                     k = i % len(order)  # Rotate which framework goes first.
                     for fw in order[k:] + order[:k]:
-                        wall, c = _timed(fns[fw])
+                        wall, c = machine.timed(fns[fw])
                         times[fw].append(wall)
                         cpu[fw] += c
                 med = {fw: statistics.median(t) for fw, t in times.items()}
@@ -231,7 +206,7 @@ def main(argv=None) -> int:
                       f"ratio {row['ratio']:.2f}{extra}  ({n} runs, compile {compile_s['jax']:.1f}s, "
                       f"|dlogits| {diff:.1e})", flush=True)
 
-    print(f"\nload average at end: {_load_average()}; benchmark took {time.perf_counter() - started:.0f}s")
+    print(f"\nload average at end: {machine.load_average()}; benchmark took {time.perf_counter() - started:.0f}s")
     print("jax: the benchmark's JAX path (YNN fusions off); jax XLA-def: same function, XLA default options; "
           "cpu/wall: process CPU seconds per wall second while timing (cores busy); spread: (max-min)/median time\n")
     header = f"{'model':<10} {'batch':>5} {'length':>6} {'jax ex/s':>9} {'torch ex/s':>10} {'jax/torch':>9}"

@@ -49,6 +49,8 @@ import time
 if __package__ in (None, ""):  # `python eval/bench_train.py`: make `cascade_jax` importable from the repo root.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from eval import machine  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 LEARNING_RATE = 2e-5
@@ -92,30 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Machine and timing helpers.
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    try:
-        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        uptime = "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "nproc": nproc, "cpus_online": os.cpu_count(), "uptime": uptime}
-
-
-def timed(fn) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def interleaved(fns: dict, repeats: int, warmup: int) -> dict:
     """Warm each up, then ``repeats`` rounds running all of them, rotating who goes first; per name: times, cpu."""
     for fn in fns.values():
@@ -126,7 +104,7 @@ def interleaved(fns: dict, repeats: int, warmup: int) -> dict:
     for i in range(repeats):
         k = i % len(names)
         for n in names[k:] + names[:k]:
-            wall, cpu = timed(fns[n])
+            wall, cpu = machine.timed(fns[n])
             out[n]["times"].append(wall)
             out[n]["cpu"] += cpu
     for n, r in out.items():
@@ -335,7 +313,7 @@ def main(argv=None) -> int:
               flush=True)
         results["devices"] = run_device_counts(args)
 
-    info["machine_end"] = machine()
+    info["machine_end"] = machine.info()
     info["results"] = results
     info["total_s"] = time.perf_counter() - started
     print(f"\nuptime at end: {info['machine_end']['uptime']}; benchmark took {info['total_s']:.0f}s")

@@ -74,6 +74,17 @@ def test_resume_after_a_kill_gives_bitwise_the_same_parameters(workspace):
     assert json.loads((root / "killed" / "summary.json").read_text())["best"] == full.best
 
 
+def test_eval_only_at_the_end_still_checkpoints_every_epoch(workspace):
+    root, model, folder = workspace  # 96 training rows in batches of 16: 6 steps per epoch.
+    result = trainer.fit(config(root, model, folder, "eval-end", epochs=2.0, eval_every=-1))
+    assert result.status == "finished" and result.step == 12
+    evals = [json.loads(line)["step"] for line in (root / "eval-end" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert evals == [12] and result.best["step"] == 12
+    saved = sorted(int(p.name) for p in (root / "eval-end" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [6, 12]
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(workspace):
     root, model, folder = workspace
     common = dict(max_steps=7, checkpoint_every=100, eval_every=100, dropout=True)

@@ -22,7 +22,8 @@ import argparse
 import json
 import sys
 
-from cascade_jax import data, losses, trainer
+from cascade_jax import losses, trainer
+from train import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="minilm-l3",
-                   help="built-in name (minilm-l3, minilm-l6), local Hugging Face directory or hub id")
-    g.add_argument("--num-layers", type=int, default=None, help="keep only the first k layers (BERT-kL)")
-    g.add_argument("--task", default="rotten_tomatoes", help=f"one of: {', '.join(sorted(data.TASKS))}")
-    g.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in/hub)")
-    g.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    cli.add_model_data_args(g, model_help="built-in name (minilm-l3, minilm-l6), local Hugging Face directory or "
+                                          "hub id")
     g.add_argument("--train-subset", type=int, default=None,
                    help="train on a fixed random sample of N training examples (quick runs)")
     g = p.add_argument_group("loss")
@@ -51,28 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     g.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the KD term (1 - alpha on CE)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=3.0, help="may be fractional")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
-    g.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear warm-up and decay)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=0.01, help="not applied to LayerNorm and biases")
-    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    cli.add_optimizer_args(g, epochs_help="may be fractional", steps_help="stop after this many steps in all",
+                           batch_help="global batch size")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True, help="where checkpoints, logs and the model go; reused to resume")
     g.add_argument("--backend", default="shard_map", choices=["shard_map", "pmap"], help="data-parallel mapping")
-    g.add_argument("--eval-every", type=int, default=0, help="evaluate on dev every N steps (0: once per epoch)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at each eval)")
-    g.add_argument("--log-every", type=int, default=10, help="write train metrics every N steps")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--distributed", action="store_true",
-                   help="join a multi-process run first (jax.distributed.initialize; gloo collectives on CPU). "
-                        "SLURM, Open MPI, Kubernetes and Cloud TPU are detected; elsewhere give the three below")
-    g.add_argument("--coordinator-address", default=None, help="host:port of process 0 (implies --distributed)")
-    g.add_argument("--num-processes", type=int, default=None, help="processes in the run (implies --distributed)")
-    g.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1 (implies --distributed)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate on dev every N steps (0: once per epoch; -1: only at the end, keeping the last model)")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="checkpoint every N steps (0: at each eval, or once per epoch with --eval-every -1)")
+    cli.add_run_args(g, log_help="write train metrics every N steps")
     return p
 
 
@@ -93,11 +79,7 @@ def config_from_args(args: argparse.Namespace) -> trainer.TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    manual = (args.coordinator_address, args.num_processes, args.process_id)
-    if args.distributed or any(v is not None for v in manual):
-        from cascade_jax import parallel
-
-        parallel.initialize_distributed(*manual)
+    cli.maybe_initialize_distributed(args)
     try:
         config = config_from_args(args)
     except (ValueError, KeyError) as e:

@@ -26,7 +26,8 @@ import argparse
 import json
 import sys
 
-from cascade_jax import data, difficulty
+from cascade_jax import difficulty
+from train import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,13 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="minilm-l3",
-                   help="the small member: built-in name (minilm-l3, minilm-l6), local Hugging Face directory "
-                        "or hub id")
-    g.add_argument("--num-layers", type=int, default=None, help="keep only the first k layers (BERT-kL)")
-    g.add_argument("--task", default="rotten_tomatoes", help=f"one of: {', '.join(sorted(data.TASKS))}")
-    g.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in/hub)")
-    g.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    cli.add_model_data_args(g, model_help="the small member: built-in name (minilm-l3, minilm-l6), local Hugging "
+                                          "Face directory or hub id")
     g.add_argument("--subset", type=int, default=None,
                    help="label only a fixed random sample of N training examples (the one finetune's "
                         "--train-subset N takes), for quick runs")
@@ -50,15 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=int, default=5, help="S: seeds per fold; easy only if all are right (paper: 5)")
     g.add_argument("--seed", type=int, default=0, help="fold assignment; member seeds are SEED .. SEED+S-1")
     g = p.add_argument_group("optimisation (of each member)")
-    g.add_argument("--epochs", type=float, default=3.0, help="may be fractional (the paper trains 10)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop each member after this many steps")
-    g.add_argument("--batch-size", type=int, default=32, help="rows per member per step")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear warm-up and decay)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    cli.add_optimizer_args(g, epochs_help="may be fractional (the paper trains 10)",
+                           steps_help="stop each member after this many steps", batch_help="rows per member per step")
     g.add_argument("--no-dropout", action="store_true", help="train without dropout")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True, help="where labels, summary and checkpoints go; reused to resume")
     g.add_argument("--chunk", type=int, default=None,
@@ -71,10 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel mapping: each member's batch is split over devices")
     g.add_argument("--eval-batch-size", type=int, default=64, help="rows per member per prediction batch")
     g.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: once per epoch)")
-    g.add_argument("--log-every", type=int, default=10, help="write per-member train metrics every N steps")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host; reads the usual env/cluster config)")
+    cli.add_run_args(g, log_help="write per-member train metrics every N steps")
     return p
 
 
@@ -92,10 +79,7 @@ def config_from_args(args: argparse.Namespace) -> difficulty.LabelConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    cli.maybe_initialize_distributed(args)
     try:
         config = config_from_args(args)
     except ValueError as e:
