@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import shutil
 import time
@@ -63,15 +64,26 @@ class PipelineConfig:
     dar_weight: float = 0.5
     kd_temperature: float = 2.0
     kd_alpha: float = 0.5
+    shallow_epochs: float | None = None  # trunc-kd and BERT-kL; None: ``epochs``
+    shallow_learning_rate: float | None = None  # trunc-kd and BERT-kL; None: ``learning_rate``
     exit_epochs: float = 10.0
     exit_learning_rate: float = 2e-5
+    dev_eval: str = "epoch"  # "epoch": members evaluated on dev (best kept) each epoch; "end": once, at the end
     targets: tuple[float, ...] = (1.25, 1.5, 1.75)
     sweep_points: int = 41
     eval_batch_size: int = 64
     wallclock_batch_sizes: tuple[int, ...] = (64, 256)
     wallclock_repeats: int = 3
+    wallclock_targets: tuple[float, ...] | None = None  # None: every target
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        if self.dev_eval not in ("epoch", "end"):
+            raise ValueError(f"dev_eval must be 'epoch' or 'end', got {self.dev_eval!r}")
+        extra = set(self.wallclock_targets or ()) - set(self.targets)
+        if extra:
+            raise ValueError(f"wallclock_targets {sorted(extra)} are not among targets {list(self.targets)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,12 +92,16 @@ class PipelineConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         preset="quick",
-        cuts="trains on a 1,600-example sample of the 10,643 training reviews; difficulty labels from K=4 folds x "
-             "S=2 seeds x 1 epoch (paper: K=8, S=5, 10 epochs); members 2 epochs at lr 1e-4 (paper: 10 epochs at "
-             "2e-5); one DAR margin (0.5) instead of a search over {0.1, 0.3, 0.5, 0.7}; BERT-kL for k=2 only",
-        train_subset=1600, label_folds=4, label_seeds=2, label_epochs=1.0, label_learning_rate=1e-4, epochs=2.0,
-        learning_rate=1e-4, margins=(0.5,), exit_epochs=1.0, exit_learning_rate=1e-4, bert_kl_layers=(2,),
-        wallclock_batch_sizes=(64,), sweep_points=31,
+        cuts="trains on a 1,600-example sample of the 10,643 training reviews; difficulty labels from K=3 folds x "
+             "S=2 seeds x 1 epoch (paper: K=8, S=5, 10 epochs); the 3- and 6-layer members 2 epochs at lr 1e-4, "
+             "the 2-layer truncations of minilm-l6 (KD member, BERT-2L) 4 epochs at lr 2e-4, the DeeBERT and PABEE "
+             "exits 2 epochs at lr 2e-4 (paper: 10 epochs at 2e-5); members scored on dev once, after their last "
+             "step, and that model kept (the paper preset scores every epoch and keeps the best); one DAR margin (0.5) instead of a search over {0.1, 0.3, 0.5, 0.7}; BERT-kL "
+             "for k=2 only; wall-clock timed at the 1.5x operating point and batch 64 only, best of 2",
+        train_subset=1600, label_folds=3, label_seeds=2, label_epochs=1.0, label_learning_rate=1e-4, epochs=2.0,
+        learning_rate=1e-4, shallow_epochs=4.0, shallow_learning_rate=2e-4, margins=(0.5,), exit_epochs=2.0,
+        exit_learning_rate=2e-4, bert_kl_layers=(2,), dev_eval="end", wallclock_batch_sizes=(64,),
+        wallclock_repeats=2, wallclock_targets=(1.5,), sweep_points=31,
     ),
     "paper": dict(
         preset="paper",
@@ -97,8 +113,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 STAGE_ORDER = ("labels", "small-ce", "small-dar", "large", "trunc-kd", "bert-kl", "deebert", "pabee", "evaluate")
 
 # Rough seconds per stage of the quick preset on a quiet 2-core CPU (for the "rest will take" line only).
-_QUICK_ESTIMATES = {"labels": 150, "small-ce": 60, "small-dar": 60, "large": 120, "trunc-kd": 60, "bert-kl": 50,
-                    "deebert": 40, "pabee": 120, "evaluate": 150}
+_QUICK_ESTIMATES = {"labels": 190, "small-ce": 80, "small-dar": 80, "large": 140, "trunc-kd": 155, "bert-kl": 100,
+                    "deebert": 35, "pabee": 135, "evaluate": 170}
 
 
 def make_config(preset: str, output_dir: str, **overrides) -> PipelineConfig:
@@ -135,10 +151,12 @@ def _dar_name(margin: float) -> str:
 
 def _fit(config: PipelineConfig, out: pathlib.Path, **kw) -> pathlib.Path:
     """Fine-tune one member with the pipeline's shared settings; returns its exported model directory."""
+    kw = {"epochs": config.epochs, "learning_rate": config.learning_rate, **kw}
+    if config.dev_eval == "end":
+        kw.update(eval_every=-1)
     cfg = trainer.TrainConfig(
         output_dir=str(out), task=config.task, source=config.source, train_subset=config.train_subset,
-        max_length=config.max_length, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, seed=config.seed, progress=config.progress,
+        max_length=config.max_length, batch_size=config.batch_size, seed=config.seed, progress=config.progress,
         eval_batch_size=config.eval_batch_size, log_every=10, **kw,
     )
     result = trainer.fit(cfg)
@@ -173,15 +191,23 @@ def stage_large(config: PipelineConfig) -> None:
     _fit(config, member_dir(config, "large"), model=config.large_model)
 
 
+def _shallow(config: PipelineConfig) -> dict:
+    """The optimisation settings of the truncated models (trunc-kd, BERT-kL)."""
+    return {"epochs": config.shallow_epochs if config.shallow_epochs is not None else config.epochs,
+            "learning_rate": (config.shallow_learning_rate if config.shallow_learning_rate is not None
+                              else config.learning_rate)}
+
+
 def stage_trunc_kd(config: PipelineConfig) -> None:
     _fit(config, member_dir(config, f"large-{config.trunc_layers}L-kd"), model=config.large_model,
          num_layers=config.trunc_layers, teacher=str(member_dir(config, "large") / "model"),
-         loss=trainer.LossConfig(kind="kd", temperature=config.kd_temperature, kd_alpha=config.kd_alpha))
+         loss=trainer.LossConfig(kind="kd", temperature=config.kd_temperature, kd_alpha=config.kd_alpha),
+         **_shallow(config))
 
 
 def stage_bert_kl(config: PipelineConfig) -> None:
     for k in config.bert_kl_layers:
-        _fit(config, baseline_dir(config, f"bert-{k}L"), model=config.large_model, num_layers=k)
+        _fit(config, baseline_dir(config, f"bert-{k}L"), model=config.large_model, num_layers=k, **_shallow(config))
 
 
 def _train_exit_model(config: PipelineConfig, mode: str, head: str) -> None:
@@ -225,42 +251,68 @@ def _layers(model_dir: pathlib.Path) -> int:
     return models.load_config(model_dir).num_hidden_layers
 
 
-def _choose_margin(config: PipelineConfig, dev: data.Encoded, num_labels: int, log) -> tuple[float, dict]:
+class _MemberOutputs:
+    """Each cascade member's outputs on dev and test, computed once and shared by every cascade (and table) that
+    uses it: a member runs alone through :func:`cascade.simulate_all`, and a cascade's simulation is its members'
+    stacked (:meth:`cascade.CascadeSimulation.stack`), the same numbers a joint ``simulate_all`` gives."""
+
+    def __init__(self, config: PipelineConfig, enc: dict[str, data.Encoded], num_labels: int):
+        self.config, self.enc, self.num_labels = config, enc, num_labels
+        self._stages: dict[str, cascade.Stage] = {}
+        self._sims: dict[tuple[str, str], cascade.CascadeSimulation] = {}
+
+    def stage(self, model_dir: pathlib.Path) -> cascade.Stage:
+        key = str(model_dir)
+        if key not in self._stages:
+            self._stages[key] = report.load_cascade([model_dir], self.num_labels)[0]
+        return self._stages[key]
+
+    def sim(self, model_dir: pathlib.Path, split: str) -> cascade.CascadeSimulation:
+        key = (str(model_dir), split)
+        if key not in self._sims:
+            self._sims[key] = cascade.simulate_all([self.stage(model_dir)], report.padded_inputs(self.enc[split]),
+                                                   self.config.eval_batch_size, length_multiple=16)
+        return self._sims[key]
+
+    def curve(self, dirs: list[pathlib.Path], split: str, **kw) -> report.CascadeCurve:
+        stages = [self.stage(d) for d in dirs]
+        sim = cascade.CascadeSimulation.stack([self.sim(d, split) for d in dirs])
+        return report.cascade_curve(stages, self.enc[split], sim=sim, **kw)
+
+
+def _choose_margin(config: PipelineConfig, outputs: _MemberOutputs, log) -> tuple[float, dict]:
     """The DAR margin whose cascade (small+DAR -> large) has the best mean dev metric over the target speed-ups."""
     if len(config.margins) == 1:
         return config.margins[0], {}
     large = member_dir(config, "large") / "model"
     scores = {}
     for m in config.margins:
-        stages = report.load_cascade([member_dir(config, _dar_name(m)) / "model", large], num_labels)
-        points = report.sweep(report.cascade_curve(stages, dev, batch_size=config.eval_batch_size),
-                              num=config.sweep_points)
+        curve = outputs.curve([member_dir(config, _dar_name(m)) / "model", large], "dev")
+        points = report.sweep(curve, num=config.sweep_points)
         scores[m] = float(np.mean([report.select_point(points, t).metric for t in config.targets]))
         log(f"  margin {m:g}: mean dev metric over targets {scores[m]:.4f}")
     return max(scores, key=scores.get), scores
 
 
-def _dis_table(config: PipelineConfig, dev: data.Encoded, num_labels: int, margin: float) -> list[dict]:
+def _dis_table(config: PipelineConfig, outputs: _MemberOutputs, margin: float) -> list[dict]:
     """Table 5: the small member with and without DAR on dev: metric, ECE, DIS.
 
     Dev instances have no K-fold labels, so DIS uses two stand-ins for difficulty, both written down: ``self``
     (hard = the model itself is wrong) and ``ref`` (hard = the member trained without DAR is wrong; the same
     labels for both rows).
     """
+    labels = outputs.enc["dev"].labels
     rows, ce_wrong = [], None
     for name, d in [("without DAR", member_dir(config, "small-ce")), (f"with DAR (margin {margin:g})",
                                                                       member_dir(config, _dar_name(margin)))]:
-        module, params = models.from_pretrained(d / "model", num_labels=num_labels)
-        curve = report.static_curve(module, params, dev, reference_layers=module.config.num_hidden_layers,
-                                    batch_size=config.eval_batch_size, name=name)
-        probs = baselines.softmax(curve.logits)
+        probs = np.asarray(outputs.sim(d / "model", "dev").probs[0], np.float64)
         preds, conf = probs.argmax(-1), probs.max(-1)
-        wrong = (preds != dev.labels).astype(np.int32)
+        wrong = (preds != labels).astype(np.int32)
         if ce_wrong is None:
             ce_wrong = wrong
         rows.append({
-            "model": name, **metrics.task_metrics(data.get_task(config.task).metric, preds, dev.labels),
-            "ece": metrics.expected_calibration_error(conf, preds == dev.labels),
+            "model": name, **metrics.task_metrics(data.get_task(config.task).metric, preds, labels),
+            "ece": metrics.expected_calibration_error(conf, preds == labels),
             "dis_self": metrics.difficulty_inversion_score(conf, wrong),
             "dis_ref": metrics.difficulty_inversion_score(conf, ce_wrong),
             "mean_confidence": float(conf.mean()),
@@ -270,6 +322,11 @@ def _dis_table(config: PipelineConfig, dev: data.Encoded, num_labels: int, margi
 
 def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s: None) -> dict:
     out = pathlib.Path(config.output_dir)
+    started = time.perf_counter()
+    inner_log = log
+
+    def log(line: str) -> None:  # Each sub-step line says when it started within the stage.
+        inner_log(f"{line} (at {_minutes(time.perf_counter() - started)})")
     tokenizer = models.tokenizer_for(config.large_model)
     enc = {split: data.encode_split(config.task, split, config.source, tokenizer=tokenizer,
                                     max_length=config.max_length) for split in ("dev", "test")}
@@ -277,24 +334,25 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
     num_labels = max(1, len(task.label_names))
     large = member_dir(config, "large") / "model"
     n_large = _layers(large)
-    margin, margin_scores = _choose_margin(config, enc["dev"], num_labels, log)
+    outputs = _MemberOutputs(config, enc, num_labels)
+    margin, margin_scores = _choose_margin(config, outputs, log)
 
     curves: dict[str, dict[str, Any]] = {}
     for name, dirs in _cascades(config, margin).items():
         log(f"  {name}")
-        stages = report.load_cascade(dirs, num_labels)
-        curves[name] = {s: report.cascade_curve(stages, enc[s], batch_size=config.eval_batch_size, name=name,
-                                                reference_layers=n_large) for s in enc}
+        curves[name] = {s: outputs.curve(dirs, s, name=name, reference_layers=n_large) for s in enc}
     for mode, rule, label in [("deebert", "entropy", "DeeBERT"), ("pabee", "patience", "PABEE")]:
         log(f"  {label}")
         module, params = baselines.load_multi_exit(baseline_dir(config, mode))
         curves[label] = {s: report.early_exit_curve(module, params, enc[s], rule=rule, name=label,
                                                     batch_size=config.eval_batch_size) for s in enc}
     for k in config.bert_kl_layers:
+        log(f"  BERT-{k}L")
         module, params = models.from_pretrained(baseline_dir(config, f"bert-{k}L") / "model", num_labels=num_labels)
         curves[f"BERT-{k}L"] = {s: report.static_curve(module, params, enc[s], reference_layers=n_large,
                                                        batch_size=config.eval_batch_size, name=f"BERT-{k}L")
                                 for s in enc}
+    log(f"  BERT-{n_large}L (large member)")
     module, params = models.from_pretrained(large, num_labels=num_labels)
     curves[f"BERT-{n_large}L (large member)"] = {
         s: report.static_curve(module, params, enc[s], reference_layers=n_large, batch_size=config.eval_batch_size,
@@ -307,13 +365,15 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
 
     members = {name: curves[name]["dev"].members() for name in curves if isinstance(curves[name]["dev"],
                                                                                       report.CascadeCurve)}
-    dis_rows = _dis_table(config, enc["dev"], num_labels, margin)
+    log("  Table 5: the small member with and without DAR")
+    dis_rows = _dis_table(config, outputs, margin)
 
     wallclock = []
     main_name = next(iter(_cascades(config, margin)))
     main_dirs = _cascades(config, margin)[main_name]
-    chosen = [s for s in selected if s.method == main_name]
-    stages = report.load_cascade(main_dirs, num_labels)
+    timed = set(config.wallclock_targets or config.targets)
+    chosen = [s for s in selected if s.method == main_name and s.target in timed]
+    stages = [outputs.stage(d) for d in main_dirs]
     inputs = report.padded_inputs(enc["test"])
     for sel in chosen:
         for bs in config.wallclock_batch_sizes:
@@ -327,11 +387,15 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
                               "compiles_during_timing": w.compiles_during_timing})
 
     meta = {"preset": config.preset, "cuts": config.cuts, "task": config.task, "dev_examples": len(enc["dev"]),
-            "test_examples": len(enc["test"]), "test_majority_accuracy": majority_accuracy(enc["test"].labels), "margin": margin, "margin_dev_scores": margin_scores,
+            "test_examples": len(enc["test"]), "test_majority_accuracy": majority_accuracy(enc["test"].labels),
+            "dev_majority_accuracy": majority_accuracy(enc["dev"].labels), "margin": margin, "margin_dev_scores": margin_scores,
             "targets": list(config.targets), "metric": evaluation.primary_metric(task.metric)}
     paths = report.write_report(out / "report", test_points, members=members, selected=selected, meta=meta,
                                 title=f"CascadeBERT on {config.task} ({config.preset} preset), test split")
-    extra = {"table5": dis_rows, "wallclock": wallclock, "label_summary": _label_summary(config)}
+    exit_layers = {name: c["dev"].members() for name, c in curves.items()
+                   if isinstance(c["dev"], report.EarlyExitCurve)}
+    extra = {"table5": dis_rows, "wallclock": wallclock, "label_summary": _label_summary(config),
+             "exit_layers": exit_layers}
     doc = json.loads(paths["json"].read_text())
     doc.update(report._json_safe(extra))
     paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -425,7 +489,7 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
              "(`report/results.json`); no number here is typed by hand.\n",
              f"- What the preset cuts from the paper's protocol: {meta['cuts'] or 'nothing'}.",
              f"- Dev examples: {meta['dev_examples']}; test examples: {meta['test_examples']}. Thresholds are "
-             f"chosen on dev for each target layer speed-up and reported on test.",
+             f"chosen on dev for each target layer speed-up and reported on test." + _noise_note(meta, metric),
              f"- DAR margin used: {meta['margin']:g}" + (f" (dev scores per margin: {meta['margin_dev_scores']})"
                                                            if meta.get("margin_dev_scores") else "") + ".\n"]
     lines.append(f"## Table 2 analogue: test {metric} at matched speed-ups\n")
@@ -448,6 +512,25 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
     lines.append("\n(max) marks a method that cannot reach the target; its fastest point is shown. Static "
                  "models (BERT-kL) have one speed-up whatever the target.\n")
     lines.append(f"![{metric} against layer speed-up on test]({plot_name})\n")
+
+    members = _member_rows(doc.get("members") or {}, metric)
+    if members:
+        lines.append("## The cascade members alone (dev)\n")
+        lines.append(f"| member | layers | {metric} | ECE | mean confidence | used in |")
+        lines.append("|---|---|---|---|---|---|")
+        for m in members:
+            lines.append(f"| {m['name']} | {m['layers']} | {m['metric'] * 100:.2f} | {m['ece'] * 100:.2f} | "
+                         f"{m['mean_confidence']:.3f} | {'; '.join(m['used_in'])} |")
+        lines.append("")
+    exits = doc.get("exit_layers") or {}
+    if exits:
+        depth = max(len(v) for v in exits.values())
+        lines.append(f"## Internal classifiers of the early-exit baselines, each alone (dev {metric})\n")
+        lines.append("| method | " + " | ".join(f"layer {j + 1}" for j in range(depth)) + " |")
+        lines.append("|---|" + "---|" * depth)
+        for name, layers in exits.items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['metrics'][metric] * 100:.2f}" for m in layers) + " |")
+        lines.append("")
 
     lines.append("## Table 5 analogue: the small member with and without DAR (dev)\n")
     lines.append(f"| model | {metric} | ECE | DIS (hard = own errors) | DIS (hard = errors of the model without DAR) "
@@ -482,6 +565,33 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _standard_error(meta: dict, accuracy: float = 0.75) -> float | None:
+    """Binomial standard error, in points, of a test accuracy near ``accuracy`` on this test set."""
+    n = meta.get("test_examples")
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / n) if n else None
+
+
+def _noise_note(meta: dict, metric: str) -> str:
+    se = _standard_error(meta)
+    if metric != "accuracy" or se is None:
+        return ""
+    return (f" With {meta['test_examples']} test examples, an accuracy near 75% has a standard error of "
+            f"{se:.1f} points, so gaps between methods of less than about {2 * se:.0f} points are within noise.")
+
+
+def _member_rows(members: dict, metric: str) -> list[dict]:
+    """One row per distinct member model (named by its directory) of the cascades in ``results.json``."""
+    rows: dict[str, dict] = {}
+    for cascade_name, stages in members.items():
+        for m in stages:
+            name = pathlib.Path(m["name"]).parent.name if pathlib.Path(m["name"]).name == "model" else m["name"]
+            row = rows.setdefault(name, {"name": name, "layers": m["layers"],
+                                         "metric": m["metrics"][metric], "ece": m["ece"],
+                                         "mean_confidence": m["mean_confidence"], "used_in": []})
+            row["used_in"].append(cascade_name)
+    return list(rows.values())
+
+
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:.2f}"
 
@@ -514,8 +624,8 @@ def findings(doc: dict) -> list[str]:
         majority = doc["meta"].get("test_majority_accuracy")
         if metric == "accuracy" and majority is not None and wins and all(b <= majority + 0.005 for _, _, b in wins):
             out.append(f"- The paper: {claim}. Here {other} scores the majority-class rate ({100 * majority:.2f}) "
-                       f"at every target: at these speed-ups its answers are one class for everything (undertrained under this "
-                       f"preset), so the comparison says little.")
+                       f"at every target: at these speed-ups its answers are one class for everything"
+                       f"{_flat_exits_note(doc, other)}, so the comparison says little.")
             continue
         out.append(f"- The paper: {claim}. Here: better at {n_win} of {len(wins)} targets ({detail}): "
                    f"{'reproduces' if n_win == len(wins) else 'partly reproduces' if n_win else 'does not reproduce'}.")
@@ -524,9 +634,17 @@ def findings(doc: dict) -> list[str]:
         wins = [(t, by[(main, t)]["test"]["metrics"][metric], by[(wo, t)]["test"]["metrics"][metric])
                 for t in doc["meta"]["targets"] if (main, t) in by and (wo, t) in by]
         n_win = sum(a > b for _, a, b in wins)
+        detail = ", ".join(f"{t:g}x: {100 * a:.2f} vs {100 * b:.2f}" for t, a, b in wins)
+        se = _standard_error(doc["meta"]) if metric == "accuracy" else None
+        noise = ""
+        if se is not None and wins:
+            gap = max(abs(a - b) for _, a, b in wins) * 100
+            noise = (f" The largest gap is {gap:.2f} points" +
+                     (f", within two standard errors ({2 * se:.1f})." if gap < 2 * se else "."))
         out.append(f"- The paper (Table 4): the cascade with DAR beats the cascade without it. Here: better at "
-                   f"{n_win} of {len(wins)} targets: "
-                   f"{'reproduces' if n_win == len(wins) else 'partly reproduces' if n_win else 'does not reproduce'}.")
+                   f"{n_win} of {len(wins)} targets ({detail}): "
+                   f"{'reproduces' if n_win == len(wins) else 'partly reproduces' if n_win else 'does not reproduce'}."
+                   + noise)
     majority = doc["meta"].get("test_majority_accuracy")
     if metric == "accuracy" and majority is not None:
         flat = sorted({s["method"] for s in doc["selected"] if s["test"]["metrics"][metric] <= majority + 0.005})
@@ -541,14 +659,30 @@ def findings(doc: dict) -> list[str]:
     return out
 
 
+def _flat_exits_note(doc: dict, method: str) -> str:
+    """'' or a clause naming the internal classifiers of ``method`` that answer the majority class on dev."""
+    layers = (doc.get("exit_layers") or {}).get(method)
+    majority = doc["meta"].get("dev_majority_accuracy")
+    metric = doc["meta"]["metric"]
+    if not layers or majority is None or metric != "accuracy":
+        return ""
+    flat = [m["layers"] for m in layers if m["metrics"][metric] <= majority + 0.005]
+    if not flat:
+        return ""
+    return (f" (its classifiers at layer{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))} score the "
+            f"majority-class rate on dev, {100 * majority:.2f}: under this preset's training budget they learned "
+            f"nothing, see the internal-classifier table)")
+
+
 def write_results_page(output_dir: str | pathlib.Path, page: str | pathlib.Path) -> pathlib.Path:
     """Write ``page`` (e.g. ``docs/results.md``) and its plot beside it from ``output_dir/report``."""
     output_dir, page = pathlib.Path(output_dir), pathlib.Path(page)
     doc = json.loads((output_dir / "report" / "results.json").read_text())
-    if "test_majority_accuracy" not in doc["meta"]:  # Results written before this field existed.
-        cfg = json.loads((output_dir / "pipeline_config.json").read_text())
-        doc["meta"]["test_majority_accuracy"] = majority_accuracy(
-            data.load_split(cfg["task"], "test", cfg["source"])["label"])
+    for split in ("test", "dev"):
+        if f"{split}_majority_accuracy" not in doc["meta"]:  # Results written before this field existed.
+            cfg = json.loads((output_dir / "pipeline_config.json").read_text())
+            doc["meta"][f"{split}_majority_accuracy"] = majority_accuracy(
+                data.load_split(cfg["task"], split, cfg["source"])["label"])
     markers = [output_dir / "stages" / f"{n}.json" for n in STAGE_ORDER]
     doc["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in markers if m.exists()}
     page.parent.mkdir(parents=True, exist_ok=True)

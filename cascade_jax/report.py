@@ -408,10 +408,15 @@ def load_cascade(member_dirs: Sequence, num_labels: int, dtype=None) -> list[cas
 
 def cascade_curve(stages: Sequence[cascade.Stage], enc, *, batch_size: int = 64, exit_rule: str = "max_prob",
                   length_multiple: int | None = 16, reference_layers: int | None = None, reference_flops=None,
-                  name: str = "cascade") -> CascadeCurve:
+                  name: str = "cascade", sim: cascade.CascadeSimulation | None = None) -> CascadeCurve:
     """Run every stage on every example of ``enc`` once (:func:`cascade.simulate_all`) and return the cascade's
-    curve; FLOPs at each example's real length."""
-    sim = cascade.simulate_all(stages, padded_inputs(enc), batch_size, length_multiple=length_multiple)
+    curve; FLOPs at each example's real length. ``sim``: the stages' outputs on ``enc`` computed earlier (then no
+    model runs here)."""
+    if sim is None:
+        sim = cascade.simulate_all(stages, padded_inputs(enc), batch_size, length_multiple=length_multiple)
+    elif sim.probs.shape[:2] != (len(stages), len(enc)):
+        raise ValueError(f"sim holds {sim.probs.shape[0]} stages x {sim.probs.shape[1]} examples; expected "
+                         f"{len(stages)} x {len(enc)}")
     return CascadeCurve(sim, enc.labels, data.get_task(enc.task).metric, exit_rule=exit_rule,
                         flops_per_stage=cascade.stage_flops(stages, enc.lengths), reference_layers=reference_layers,
                         reference_flops=reference_flops, split=enc.split, name=name,

@@ -20,7 +20,8 @@ def finished_run(tmp_path_factory):
         output_dir=str(root / "run"), preset="miniature", cuts="everything (a test)", task="rotten_tomatoes",
         source=str(folder), small_model=str(small), large_model=str(large), trunc_layers=1, bert_kl_layers=(1,),
         max_length=32, batch_size=16, label_folds=2, label_seeds=2, label_epochs=1.0, label_learning_rate=3e-3,
-        epochs=2.0, learning_rate=3e-3, margins=(0.3, 0.5), exit_epochs=1.0, exit_learning_rate=3e-3,
+        epochs=2.0, learning_rate=3e-3, shallow_epochs=3.0, shallow_learning_rate=1e-3, margins=(0.3, 0.5),
+        exit_epochs=1.0, exit_learning_rate=3e-3,
         targets=(1.2, 1.6), sweep_points=5, eval_batch_size=16, wallclock_batch_sizes=(16,), wallclock_repeats=1,
         progress=False,
     )
@@ -46,6 +47,12 @@ def test_every_stage_ran_and_wrote_its_outputs(finished_run):
     assert doc["meta"]["margin"] in (0.3, 0.5) and set(doc["meta"]["margin_dev_scores"]) == {"0.3", "0.5"}
     assert len(doc["table5"]) == 2 and len(doc["wallclock"]) == 2
     assert (out / "report" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(doc["exit_layers"]) == {"DeeBERT", "PABEE"} and all(len(v) == 2 for v in doc["exit_layers"].values())
+    # The truncated models train with the shallow settings, the complete members with the members' settings.
+    for run_dir, epochs, lr in [(out / "baselines" / "bert-1L", 3.0, 1e-3), (out / "members" / "large-1L-kd", 3.0, 1e-3),
+                                (out / "members" / "large", 2.0, 3e-3)]:
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert (saved["epochs"], saved["learning_rate"]) == (epochs, lr), run_dir
     assert any("rest ~" in line or "running" in line for line in lines)
 
 
@@ -55,9 +62,19 @@ def test_results_page_comes_from_the_results_file(finished_run, tmp_path):
     text = page.read_text()
     doc = json.loads((pathlib.Path(config.output_dir) / "report" / "results.json").read_text())
     assert "Table 2" in text and "Table 5" in text and "What reproduces" in text
+    se = 100 * np.sqrt(0.75 * 0.25 / doc["meta"]["test_examples"])
+    assert f"standard error of {se:.1f} points" in text
     first = doc["selected"][0]
     assert f"{first['test']['metrics'][doc['meta']['metric']] * 100:.2f}" in text
     assert (tmp_path / "docs" / "results_curve.png").exists()
+    # Each member alone, once, with the cascades it is used in; each exit layer of DeeBERT and PABEE.
+    members = text.split("## The cascade members alone (dev)")[1].split("##")[0]
+    assert sum(line.startswith("| large |") for line in members.splitlines()) == 1
+    assert "small-ce" in members and "large-1L-kd" in members
+    exits = text.split("## Internal classifiers")[1].split("##")[0]
+    for name, layers in doc["exit_layers"].items():
+        row = f"| {name} | " + " | ".join(f"{m['metrics']['accuracy'] * 100:.2f}" for m in layers) + " |"
+        assert row in exits
 
 
 def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):

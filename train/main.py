@@ -1,6 +1,6 @@
 """The main job: the whole CascadeBERT pipeline on the built-in real data and models, in one command.
 
-    python -m train.main                       # preset "quick": ~20 minutes on a 2-core CPU
+    python -m train.main                       # preset "quick": 18 minutes on a quiet 2-core CPU
     python -m train.main --preset paper        # the paper's protocol (a GPU/TPU job)
 
 Stages: difficulty labels for the small member (K folds x S seeds, one vmapped run) -> the small member with DAR
