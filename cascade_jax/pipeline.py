@@ -112,9 +112,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 STAGE_ORDER = ("labels", "small-ce", "small-dar", "large", "trunc-kd", "bert-kl", "deebert", "pabee", "evaluate")
 
-# Rough seconds per stage of the quick preset on a quiet 2-core CPU (for the "rest will take" line only).
-_QUICK_ESTIMATES = {"labels": 190, "small-ce": 80, "small-dar": 80, "large": 140, "trunc-kd": 155, "bert-kl": 100,
-                    "deebert": 35, "pabee": 135, "evaluate": 170}
+# Seconds per stage of the quick preset measured on a quiet 2-core CPU on 2026-11-25 (17.8 min in all); used for
+# the "rest will take" line only, scaled by how fast the finished stages went.
+_QUICK_ESTIMATES = {"labels": 185, "small-ce": 78, "small-dar": 76, "large": 143, "trunc-kd": 152, "bert-kl": 99,
+                    "deebert": 41, "pabee": 132, "evaluate": 156}
 
 
 def make_config(preset: str, output_dir: str, **overrides) -> PipelineConfig:
