@@ -47,10 +47,9 @@ Execution and compile design (:func:`run`):
     tail to the smallest bucket that holds it (200 -> one batch of 256). "split" runs fewer padding rows, and with
     length trimming each piece is cut to its own longest row; "pad" makes fewer calls, which can matter where a
     small batch costs nearly as much as a full one (a large accelerator); docs/bench_cascade.md compares the two
-    on CPU. Padding rows repeat a real row and their outputs are dropped, so they never produce
-    results. All batches of
-    a stage are dispatched before any result is fetched (JAX's asynchronous dispatch overlaps host gathering with
-    device compute); results are scattered back to input order.
+    on CPU. Padding rows repeat a real row and their outputs are dropped, so they never produce results. All
+    batches of a stage are dispatched before any result is fetched (JAX's asynchronous dispatch overlaps host
+    gathering with device compute); results are scattered back to input order.
   * Batch buckets: ``default_buckets(batch_size)`` is ``batch_size`` halved (rounding up) until it is <= 8, e.g.
     32 -> (32, 16, 8), 100 -> (100, 50, 25, 13, 7), 8 -> (8,). At most ~log2(batch_size / 8) + 2 shapes, and a
     stage's tail wastes less than half of its bucket (with ``tail="pad"``) or fewer than 8 rows (``"split"``).

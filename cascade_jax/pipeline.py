@@ -96,8 +96,9 @@ PRESETS: dict[str, dict[str, Any]] = {
              "S=2 seeds x 1 epoch (paper: K=8, S=5, 10 epochs); the 3- and 6-layer members 2 epochs at lr 1e-4, "
              "the 2-layer truncations of minilm-l6 (KD member, BERT-2L) 4 epochs at lr 2e-4, the DeeBERT and PABEE "
              "exits 2 epochs at lr 2e-4 (paper: 10 epochs at 2e-5); members scored on dev once, after their last "
-             "step, and that model kept (the paper preset scores every epoch and keeps the best); one DAR margin (0.5) instead of a search over {0.1, 0.3, 0.5, 0.7}; BERT-kL "
-             "for k=2 only; wall-clock timed at the 1.5x operating point and batch 64 only, best of 2",
+             "step, and that model kept (the paper preset scores every epoch and keeps the best); one DAR margin "
+             "(0.5) instead of a search over {0.1, 0.3, 0.5, 0.7}; BERT-kL for k=2 only; wall-clock timed at the "
+             "1.5x operating point and batch 64 only, best of 2",
         train_subset=1600, label_folds=3, label_seeds=2, label_epochs=1.0, label_learning_rate=1e-4, epochs=2.0,
         learning_rate=1e-4, shallow_epochs=4.0, shallow_learning_rate=2e-4, margins=(0.5,), exit_epochs=2.0,
         exit_learning_rate=2e-4, bert_kl_layers=(2,), dev_eval="end", wallclock_batch_sizes=(64,),
@@ -111,6 +112,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 STAGE_ORDER = ("labels", "small-ce", "small-dar", "large", "trunc-kd", "bert-kl", "deebert", "pabee", "evaluate")
+
+# Evaluation trims each batch to its longest row rounded up to this (cascade's length_multiple).
+_LENGTH_MULTIPLE = 16
+
+# A score within this of the majority-class rate counts as "answers one class for everything".
+_MAJORITY_TOLERANCE = 0.005
+
+
+def _at_majority(score: float, majority: float) -> bool:
+    return score <= majority + _MAJORITY_TOLERANCE
+
 
 # Seconds per stage of the quick preset measured on a quiet 2-core CPU on 2026-11-25 (17.8 min in all); used for
 # the "rest will take" line only, scaled by how fast the finished stages went.
@@ -272,7 +284,7 @@ class _MemberOutputs:
         key = (str(model_dir), split)
         if key not in self._sims:
             self._sims[key] = cascade.simulate_all([self.stage(model_dir)], report.padded_inputs(self.enc[split]),
-                                                   self.config.eval_batch_size, length_multiple=16)
+                                                   self.config.eval_batch_size, length_multiple=_LENGTH_MULTIPLE)
         return self._sims[key]
 
     def curve(self, dirs: list[pathlib.Path], split: str, **kw) -> report.CascadeCurve:
@@ -324,10 +336,9 @@ def _dis_table(config: PipelineConfig, outputs: _MemberOutputs, margin: float) -
 def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s: None) -> dict:
     out = pathlib.Path(config.output_dir)
     started = time.perf_counter()
-    inner_log = log
 
-    def log(line: str) -> None:  # Each sub-step line says when it started within the stage.
-        inner_log(f"{line} (at {_minutes(time.perf_counter() - started)})")
+    def note(line: str) -> None:  # Each sub-step line says when it started within the stage.
+        log(f"{line} (at {_minutes(time.perf_counter() - started)})")
     tokenizer = models.tokenizer_for(config.large_model)
     enc = {split: data.encode_split(config.task, split, config.source, tokenizer=tokenizer,
                                     max_length=config.max_length) for split in ("dev", "test")}
@@ -336,24 +347,25 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
     large = member_dir(config, "large") / "model"
     n_large = _layers(large)
     outputs = _MemberOutputs(config, enc, num_labels)
-    margin, margin_scores = _choose_margin(config, outputs, log)
+    margin, margin_scores = _choose_margin(config, outputs, note)
 
+    cascades = _cascades(config, margin)
     curves: dict[str, dict[str, Any]] = {}
-    for name, dirs in _cascades(config, margin).items():
-        log(f"  {name}")
+    for name, dirs in cascades.items():
+        note(f"  {name}")
         curves[name] = {s: outputs.curve(dirs, s, name=name, reference_layers=n_large) for s in enc}
     for mode, rule, label in [("deebert", "entropy", "DeeBERT"), ("pabee", "patience", "PABEE")]:
-        log(f"  {label}")
+        note(f"  {label}")
         module, params = baselines.load_multi_exit(baseline_dir(config, mode))
         curves[label] = {s: report.early_exit_curve(module, params, enc[s], rule=rule, name=label,
                                                     batch_size=config.eval_batch_size) for s in enc}
     for k in config.bert_kl_layers:
-        log(f"  BERT-{k}L")
+        note(f"  BERT-{k}L")
         module, params = models.from_pretrained(baseline_dir(config, f"bert-{k}L") / "model", num_labels=num_labels)
         curves[f"BERT-{k}L"] = {s: report.static_curve(module, params, enc[s], reference_layers=n_large,
                                                        batch_size=config.eval_batch_size, name=f"BERT-{k}L")
                                 for s in enc}
-    log(f"  BERT-{n_large}L (large member)")
+    note(f"  BERT-{n_large}L (large member)")
     module, params = models.from_pretrained(large, num_labels=num_labels)
     curves[f"BERT-{n_large}L (large member)"] = {
         s: report.static_curve(module, params, enc[s], reference_layers=n_large, batch_size=config.eval_batch_size,
@@ -366,21 +378,20 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
 
     members = {name: curves[name]["dev"].members() for name in curves if isinstance(curves[name]["dev"],
                                                                                       report.CascadeCurve)}
-    log("  Table 5: the small member with and without DAR")
+    note("  Table 5: the small member with and without DAR")
     dis_rows = _dis_table(config, outputs, margin)
 
     wallclock = []
-    main_name = next(iter(_cascades(config, margin)))
-    main_dirs = _cascades(config, margin)[main_name]
+    main_name, main_dirs = next(iter(cascades.items()))
     timed = set(config.wallclock_targets or config.targets)
     chosen = [s for s in selected if s.method == main_name and s.target in timed]
     stages = [outputs.stage(d) for d in main_dirs]
     inputs = report.padded_inputs(enc["test"])
     for sel in chosen:
         for bs in config.wallclock_batch_sizes:
-            log(f"  wall-clock: {main_name} at target {sel.target:g}x, batch {bs}")
+            note(f"  wall-clock: {main_name} at target {sel.target:g}x, batch {bs}")
             w = cascade.measure_wallclock(stages, inputs, sel.dev.param, bs, repeats=config.wallclock_repeats,
-                                          length_multiple=16)
+                                          length_multiple=_LENGTH_MULTIPLE)
             wallclock.append({"method": main_name, "target": sel.target, "threshold": sel.dev.param,
                               "batch_size": bs, "layer_speedup": w.layer_speedup, "wallclock_speedup": w.speedup,
                               "ratio": w.speedup / w.layer_speedup, "cascade_s": min(w.cascade_s),
@@ -389,7 +400,8 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
 
     meta = {"preset": config.preset, "cuts": config.cuts, "task": config.task, "dev_examples": len(enc["dev"]),
             "test_examples": len(enc["test"]), "test_majority_accuracy": majority_accuracy(enc["test"].labels),
-            "dev_majority_accuracy": majority_accuracy(enc["dev"].labels), "margin": margin, "margin_dev_scores": margin_scores,
+            "dev_majority_accuracy": majority_accuracy(enc["dev"].labels), "margin": margin,
+            "margin_dev_scores": margin_scores,
             "targets": list(config.targets), "metric": evaluation.primary_metric(task.metric)}
     paths = report.write_report(out / "report", test_points, members=members, selected=selected, meta=meta,
                                 title=f"CascadeBERT on {config.task} ({config.preset} preset), test split")
@@ -623,7 +635,7 @@ def findings(doc: dict) -> list[str]:
         n_win = sum(a > b for _, a, b in wins)
         detail = ", ".join(f"{t:g}x: {100 * a:.2f} vs {100 * b:.2f}" for t, a, b in wins)
         majority = doc["meta"].get("test_majority_accuracy")
-        if metric == "accuracy" and majority is not None and wins and all(b <= majority + 0.005 for _, _, b in wins):
+        if metric == "accuracy" and majority is not None and wins and all(_at_majority(b, majority) for _, _, b in wins):
             out.append(f"- The paper: {claim}. Here {other} scores the majority-class rate ({100 * majority:.2f}) "
                        f"at every target: at these speed-ups its answers are one class for everything"
                        f"{_flat_exits_note(doc, other)}, so the comparison says little.")
@@ -648,7 +660,7 @@ def findings(doc: dict) -> list[str]:
                    + noise)
     majority = doc["meta"].get("test_majority_accuracy")
     if metric == "accuracy" and majority is not None:
-        flat = sorted({s["method"] for s in doc["selected"] if s["test"]["metrics"][metric] <= majority + 0.005})
+        flat = sorted({s["method"] for s in doc["selected"] if _at_majority(s["test"]["metrics"][metric], majority)})
         if flat:
             out.append(f"- At the majority-class rate ({100 * majority:.2f}, a model that learned nothing): "
                        f"{', '.join(flat)}: at their selected operating points they answer one class for everything; this "
@@ -667,7 +679,7 @@ def _flat_exits_note(doc: dict, method: str) -> str:
     metric = doc["meta"]["metric"]
     if not layers or majority is None or metric != "accuracy":
         return ""
-    flat = [m["layers"] for m in layers if m["metrics"][metric] <= majority + 0.005]
+    flat = [m["layers"] for m in layers if _at_majority(m["metrics"][metric], majority)]
     if not flat:
         return ""
     return (f" (its classifiers at layer{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))} score the "
@@ -679,9 +691,10 @@ def write_results_page(output_dir: str | pathlib.Path, page: str | pathlib.Path)
     """Write ``page`` (e.g. ``docs/results.md``) and its plot beside it from ``output_dir/report``."""
     output_dir, page = pathlib.Path(output_dir), pathlib.Path(page)
     doc = json.loads((output_dir / "report" / "results.json").read_text())
-    for split in ("test", "dev"):
-        if f"{split}_majority_accuracy" not in doc["meta"]:  # Results written before this field existed.
-            cfg = json.loads((output_dir / "pipeline_config.json").read_text())
+    missing = [split for split in ("test", "dev") if f"{split}_majority_accuracy" not in doc["meta"]]
+    if missing:  # Results written before these fields existed.
+        cfg = json.loads((output_dir / "pipeline_config.json").read_text())
+        for split in missing:
             doc["meta"][f"{split}_majority_accuracy"] = majority_accuracy(
                 data.load_split(cfg["task"], split, cfg["source"])["label"])
     markers = [output_dir / "stages" / f"{n}.json" for n in STAGE_ORDER]
