@@ -1,81 +1,15 @@
 """Cascade exiting (the paper's Algorithm 1), run for real and simulated, with speed-up accounting.
 
-A cascade is a list of :class:`Stage` s, fewest layers first. An example runs through stage 1; if its confidence
-passes the threshold it exits with that stage's class distribution, otherwise it goes on to the next stage; the last
-stage always answers.
+  Stage(apply_fn, params, num_layers, config=None, name="")          # apply_fn(params, batch) -> logits [B, C]
+  run(stages, inputs, threshold, batch_size, ...) -> CascadeResult   # only the survivors of a stage run on
+  simulate_all(stages, inputs, batch_size, ...) -> CascadeSimulation # every stage on every example, once
+  CascadeSimulation.result(threshold, rule) / .result_at(exit_stage) / .from_logits(...) / .stack(...)
+  exits(max_prob, entropy, rule, threshold) -> bool [N]              # the exit rule, in one place
+  warmup(...), compile_count(), default_buckets(...), batch_pieces(...), stage_flops(...), measure_wallclock(...)
 
-Public API::
-
-  Stage(apply_fn, params, num_layers, config=None, name="")           # apply_fn(params, batch) -> logits [B, C]
-  run(stages, inputs, threshold, batch_size, *, buckets=None, exit_rule="max_prob", length_multiple=None,
-      tail="split") -> CascadeResult                                  # the real thing: only survivors run on
-  simulate_all(stages, inputs, batch_size, *, buckets=None, length_multiple=None) -> CascadeSimulation
-  simulate(stages, inputs, threshold, batch_size, *, exit_rule="max_prob", ...) -> CascadeResult
-  CascadeSimulation.result(threshold, exit_rule="max_prob") -> CascadeResult   # any threshold, no model runs
-  CascadeSimulation.stack(simulations) -> CascadeSimulation          # stages simulated apart, joined
-  warmup(stages, batch_size, seq_len, *, buckets=None, length_multiple=None) -> int   # compiles every shape
-  compile_count() -> int                                              # traces (= compilations) so far
-  default_buckets(batch_size) -> tuple[int, ...]
-  batch_pieces(n, batch_size, *, buckets=None, tail="split") -> tuple[(real rows, padded rows), ...]
-  bert_macs(config, seq_len), bert_flops(config, seq_len), bert_macs_breakdown(config, seq_len)
-  stage_flops(stages, seq_len) -> list;  CascadeResult.layer_speedup, CascadeResult.flops_speedup(per_stage)
-  measure_wallclock(stages, inputs, threshold, batch_size, *, repeats=3, ...) -> WallClock
-
-Inputs are a dict of numpy arrays ``input_ids`` (required), ``attention_mask`` (default all ones) and
-``token_type_ids`` (default zeros), each [N, L]: N examples already padded to a common length L (any other keys,
-e.g. labels, are ignored).
-
-Exit rules (``exit_rule``):
-  * ``"max_prob"`` (the paper): exit when ``max_y p(y|x) > threshold``, strictly greater. Threshold 0 exits every
-    example at stage 1; a threshold >= 1 sends every example to the last stage.
-  * ``"entropy"``: exit when the *normalised* entropy ``H(p) / log(C)`` (in [0, 1]; 0 = one-hot, 1 = uniform) is
-    strictly below the threshold. Threshold 0 exits nothing early; a threshold above 1 exits everything at stage 1.
-  The comparison is made on the host in float64 on the float32 statistic the device computed, identically in
-  :func:`run` and :meth:`CascadeSimulation.result`. ``threshold`` is one number for every non-final stage (the
-  paper) or a sequence with one value per non-final stage.
-
-Execution and compile design (:func:`run`):
-  * One jitted step per stage: ``step(params, batch) -> (probs, max_prob, entropy)`` is jit of apply_fn + float32
-    softmax + both exit statistics, with ``apply_fn`` a static argument (so stages, even new Stage objects, that
-    share an ``apply_fn`` share compilations) and the parameters a traced argument, not baked-in constants: a
-    compilation depends only on the apply_fn and the batch shape.
-  * Stage by stage, for throughput: stage 1 runs on all N examples, then stage 2 on all of stage 1's survivors,
-    and so on. Each stage's queue (the survivors of every input batch together, in input order) is cut into full
-    batches of ``batch_size``; what is left (the tail, fewer than ``batch_size`` rows) is batched by ``tail``:
-    ``"split"`` (default) cuts it into bucket-sized pieces, largest first, and pads only the last piece, smaller
-    than the smallest bucket (200 rows with buckets 256/128/64/32/16/8 -> 128 + 64 + 8); ``"pad"`` pads the whole
-    tail to the smallest bucket that holds it (200 -> one batch of 256). "split" runs fewer padding rows, and with
-    length trimming each piece is cut to its own longest row; "pad" makes fewer calls, which can matter where a
-    small batch costs nearly as much as a full one (a large accelerator); docs/bench_cascade.md compares the two
-    on CPU. Padding rows repeat a real row and their outputs are dropped, so they never produce results. All
-    batches of a stage are dispatched before any result is fetched (JAX's asynchronous dispatch overlaps host
-    gathering with device compute); results are scattered back to input order.
-  * Batch buckets: ``default_buckets(batch_size)`` is ``batch_size`` halved (rounding up) until it is <= 8, e.g.
-    32 -> (32, 16, 8), 100 -> (100, 50, 25, 13, 7), 8 -> (8,). At most ~log2(batch_size / 8) + 2 shapes, and a
-    stage's tail wastes less than half of its bucket (with ``tail="pad"``) or fewer than 8 rows (``"split"``).
-    ``buckets=(batch_size,)`` gives one shape per stage (and makes both tail rules the same).
-    ``batch_size`` is always a bucket; every bucket must be in [1, batch_size].
-  * Optional length trimming, ``length_multiple=m``: a batch is cut to its longest real row (last non-zero
-    attention-mask position + 1), rounded up to a multiple of m (capped at L); each stage's queue is then sorted
-    by length (stably) so batches hold similar lengths. Cut columns are padding for every row of the batch, so the
-    [CLS] output is unchanged up to float rounding. This multiplies the shapes by ceil(L / m).
-  * Shapes per stage = buckets x lengths. :func:`warmup` compiles all of them; after it, no :func:`run` with the
-    same stages, batch size, buckets, length rule and padded length L compiles anything, whatever the threshold or
-    data. :func:`compile_count` counts traces of the step function (its Python body runs only when jit traces a new
-    (apply_fn, shape) signature, and each such trace is compiled), so "unchanged" means nothing was compiled.
-
-Speed-up accounting:
-  * Layers (the paper): layers of the largest stage / mean layers executed, where an example that ran a 2-layer
-    then a 12-layer model costs 14 (:attr:`CascadeResult.layer_speedup`).
-  * FLOPs: :func:`bert_macs` counts the multiply-adds of one example's forward pass (every dense layer including
-    the pooler and the classifier, plus the attention score and context matmuls); :func:`bert_flops` is 2x that.
-    An example costs the sum over the stages it went through (each re-embeds and has its own heads);
-    :meth:`CascadeResult.flops_speedup` divides the largest stage's cost by the cascade's mean cost.
-  * Wall clock: :func:`measure_wallclock` times :func:`run` against the largest stage alone (same data, batch size,
-    buckets and length rule), after warm-up, and returns the numbers.
-
-Not done here: sharding over several devices, and overlapping stage k+1 with stage k (each stage waits for the
-previous one to finish, which keeps every batch full but leaves the device idle while the host decides exits).
+A multi-exit model (DeeBERT) is a cascade whose stages are its layers (each costs one layer, and the reference is
+all of them); a static model is a one-stage cascade. The exit rules, batching, compilation and accounting are
+described in docs/design.md.
 """
 
 from __future__ import annotations
@@ -89,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cascade_jax import flops as flops_lib
+from cascade_jax.metrics import normalized_entropy, softmax
+
 __all__ = [
     "Stage",
     "CascadeResult",
@@ -101,9 +38,7 @@ __all__ = [
     "compile_count",
     "default_buckets",
     "batch_pieces",
-    "bert_macs",
-    "bert_macs_breakdown",
-    "bert_flops",
+    "exits",
     "stage_flops",
     "measure_wallclock",
     "EXIT_RULES",
@@ -185,7 +120,7 @@ class Stage:
         """:func:`bert_flops` of this stage's config (needs ``config``)."""
         if self.config is None:
             raise ValueError(f"Stage {self.name!r} has no config; pass config= to count its FLOPs")
-        return bert_flops(self.config, seq_len)
+        return flops_lib.bert_flops(self.config, seq_len)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,6 +137,7 @@ class CascadeResult:
     evaluated: [S] int, how many examples each stage ran on (padding rows not counted).
     answered: [S] int, how many examples each stage answered (``bincount(exit_stage)``).
     num_layers: layers of each stage. thresholds: the per-non-final-stage thresholds. exit_rule: the rule used.
+    reference_layers: layers of the model the speed-up divides (default: the largest stage).
     """
 
     probs: np.ndarray
@@ -212,6 +148,11 @@ class CascadeResult:
     num_layers: tuple[int, ...]
     thresholds: tuple[float, ...]
     exit_rule: str
+    reference_layers: int | None = None
+
+    def __post_init__(self):
+        if self.reference_layers is None:
+            object.__setattr__(self, "reference_layers", max(self.num_layers))
 
     @property
     def predictions(self) -> np.ndarray:
@@ -228,8 +169,8 @@ class CascadeResult:
 
     @property
     def layer_speedup(self) -> float:
-        """The paper's speed-up: layers of the largest stage / mean layers executed."""
-        return max(self.num_layers) / self.mean_layers
+        """The paper's speed-up: layers of the reference model (the largest stage) / mean layers executed."""
+        return self.reference_layers / self.mean_layers
 
     def example_flops(self, flops_per_stage: Sequence) -> np.ndarray:
         """[N] cost of each example: the sum of ``flops_per_stage[k]`` over the stages it ran.
@@ -442,13 +383,18 @@ def _evaluate(stage: Stage, params, inputs: dict, lengths: np.ndarray, idx: np.n
     return probs, max_prob, entropy
 
 
-def _exits(max_prob: np.ndarray, entropy: np.ndarray, exit_rule: str, tau: float) -> np.ndarray:
+def exits(max_prob: np.ndarray, entropy: np.ndarray, exit_rule: str, threshold: float) -> np.ndarray:
+    """Which examples exit: ``max_prob > threshold`` (``"max_prob"``, the paper) or normalised ``entropy <
+    threshold`` (``"entropy"``, DeeBERT), compared in float64."""
     if exit_rule == "max_prob":
-        return max_prob.astype(np.float64) > tau
-    return entropy.astype(np.float64) < tau
+        return np.asarray(max_prob).astype(np.float64) > threshold
+    if exit_rule == "entropy":
+        return np.asarray(entropy).astype(np.float64) < threshold
+    raise ValueError(f"exit_rule must be one of {EXIT_RULES}, got {exit_rule!r}")
 
 
-def _cascade(n: int, num_layers, taus, exit_rule: str, evaluate: Callable) -> CascadeResult:
+def _cascade(n: int, num_layers, taus, exit_rule: str, evaluate: Callable,
+             reference_layers: int | None = None) -> CascadeResult:
     """Algorithm 1 over a whole queue: ``evaluate(k, idx)`` gives stage k's (probs, max_prob, entropy) on ``idx``."""
     num_stages = len(num_layers)
     probs = None
@@ -464,7 +410,7 @@ def _cascade(n: int, num_layers, taus, exit_rule: str, evaluate: Callable) -> Ca
             probs = np.zeros((n, p.shape[-1]), dtype=np.float32)
         evaluated[k] = remaining.size
         layers[remaining] += num_layers[k]
-        done = np.ones(remaining.size, bool) if k == num_stages - 1 else _exits(mp, ent, exit_rule, taus[k])
+        done = np.ones(remaining.size, bool) if k == num_stages - 1 else exits(mp, ent, exit_rule, taus[k])
         probs[remaining[done]] = p[done]
         exit_stage[remaining[done]] = k
         remaining = remaining[~done]
@@ -477,6 +423,7 @@ def _cascade(n: int, num_layers, taus, exit_rule: str, evaluate: Callable) -> Ca
         num_layers=tuple(num_layers),
         thresholds=tuple(taus),
         exit_rule=exit_rule,
+        reference_layers=reference_layers,
     )
 
 
@@ -521,13 +468,34 @@ def run(
 class CascadeSimulation:
     """Every stage's output on every example; derives the cascade's result for any threshold without the models.
 
-    probs: [S, N, C] float32; max_prob, entropy: [S, N] float32 (entropy normalised by log C).
+    probs: [S, N, C]; max_prob, entropy: [S, N] (entropy normalised by log C); float32 from the models' jitted
+    steps, float64 from :meth:`from_logits`. reference_layers: what the layer speed-up divides (default: the
+    largest stage; a multi-exit model's is all its layers).
     """
 
     probs: np.ndarray
     max_prob: np.ndarray
     entropy: np.ndarray
     num_layers: tuple[int, ...]
+    reference_layers: int | None = None
+
+    @classmethod
+    def from_logits(cls, logits, num_layers: Sequence[int] | None = None,
+                    reference_layers: int | None = None) -> "CascadeSimulation":
+        """A simulation from stages' logits ``[S, N, C]`` (softmax and exit statistics in numpy float64).
+        ``num_layers`` defaults to one layer per stage: a multi-exit model whose stages are its layers (then
+        ``reference_layers`` defaults to all of them)."""
+        logits = np.asarray(logits)
+        if logits.ndim != 3 or 0 in logits.shape:
+            raise ValueError(f"expected a non-empty [num_stages, N, C] array of logits, got shape {logits.shape}")
+        if num_layers is None:
+            num_layers = (1,) * logits.shape[0]
+            reference_layers = reference_layers or logits.shape[0]
+        if len(num_layers) != logits.shape[0]:
+            raise ValueError(f"num_layers has {len(num_layers)} entries for {logits.shape[0]} stages")
+        probs = softmax(logits)
+        return cls(probs=probs, max_prob=probs.max(-1), entropy=normalized_entropy(probs),
+                   num_layers=tuple(int(n) for n in num_layers), reference_layers=reference_layers)
 
     @classmethod
     def stack(cls, parts: Sequence["CascadeSimulation"]) -> "CascadeSimulation":
@@ -544,13 +512,30 @@ class CascadeSimulation:
                    num_layers=tuple(n for p in parts for n in p.num_layers))
 
     def result(self, threshold, exit_rule: str = "max_prob") -> CascadeResult:
+        """What :func:`run` would answer at ``threshold`` (one number, or one per non-final stage)."""
         _check_exit_rule(exit_rule)
         taus = _resolve_thresholds(threshold, len(self.num_layers))
 
         def evaluate(k, idx):
             return self.probs[k, idx], self.max_prob[k, idx], self.entropy[k, idx]
 
-        return _cascade(self.probs.shape[1], self.num_layers, taus, exit_rule, evaluate)
+        return _cascade(self.probs.shape[1], self.num_layers, taus, exit_rule, evaluate, self.reference_layers)
+
+    def result_at(self, exit_stage, rule: str = "given") -> CascadeResult:
+        """The result when each example answers at the given stage ``[N]`` (an exit rule decided elsewhere, e.g.
+        PABEE's patience): it ran every stage up to that one."""
+        n, num_stages = self.probs.shape[1], len(self.num_layers)
+        exit_stage = np.asarray(exit_stage, np.int64)
+        if exit_stage.shape != (n,) or exit_stage.min() < 0 or exit_stage.max() >= num_stages:
+            raise ValueError(f"exit_stage must be [N={n}] stage indices in [0, {num_stages}), got {exit_stage!r}")
+        cumulative = np.cumsum(self.num_layers)
+        answered = np.bincount(exit_stage, minlength=num_stages).astype(np.int64)
+        return CascadeResult(
+            probs=self.probs[exit_stage, np.arange(n)].astype(np.float32), exit_stage=exit_stage.astype(np.int32),
+            layers=cumulative[exit_stage].astype(np.int64), evaluated=n - np.concatenate([[0], np.cumsum(answered)[:-1]]),
+            answered=answered, num_layers=self.num_layers, thresholds=(), exit_rule=rule,
+            reference_layers=self.reference_layers,
+        )
 
 
 def simulate_all(
@@ -622,40 +607,6 @@ def warmup(
 
 # ----------------------------------------------------------------------------------------------------------------
 # FLOPs.
-
-
-def bert_macs_breakdown(config, seq_len) -> dict[str, Any]:
-    """Multiply-adds of one example's forward pass through a BERT sequence classifier, by part.
-
-    With L = seq_len, H = hidden, I = intermediate, n = layers, C = labels:
-      embeddings: 0 (table lookups and sums: no multiply-adds; their LayerNorm is elementwise and not counted),
-      attention_projections: n * 4 * L * H * H (query, key, value, output dense),
-      attention_matmuls: n * 2 * L * L * H (scores Q K^T and context P V, over all heads),
-      ffn: n * 2 * L * H * I,
-      pooler: H * H (the [CLS] row only), classifier: H * C.
-    Biases, LayerNorm, softmax and activations are elementwise and not counted. ``seq_len`` may be a numpy array
-    (e.g. each example's real length); the counts then have its shape.
-    """
-    length = np.asarray(seq_len, dtype=np.int64) if np.ndim(seq_len) else int(seq_len)
-    h, i, n, c = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.num_labels
-    return {
-        "embeddings": 0 * length,
-        "attention_projections": n * 4 * length * h * h,
-        "attention_matmuls": n * 2 * length * length * h,
-        "ffn": n * 2 * length * h * i,
-        "pooler": h * h + 0 * length,
-        "classifier": h * c + 0 * length,
-    }
-
-
-def bert_macs(config, seq_len) -> Any:
-    """Total multiply-adds of one example (see :func:`bert_macs_breakdown`)."""
-    return sum(bert_macs_breakdown(config, seq_len).values())
-
-
-def bert_flops(config, seq_len) -> Any:
-    """FLOPs of one example: 2 x :func:`bert_macs` (a multiply-add is a multiply and an add)."""
-    return 2 * bert_macs(config, seq_len)
 
 
 def stage_flops(stages: Sequence[Stage], seq_len) -> list:

@@ -1,68 +1,11 @@
 """Difficulty labels (paper Sec. 4.1): K folds x S seeds of the small model, trained together as one vmapped run.
 
-The training split is cut into ``K`` folds (:func:`assign_folds`: a seeded shuffle dealt round-robin, so fold sizes
-differ by at most one). Member ``(k, s)`` of the ``K x S`` ensemble is the small model fine-tuned with seed ``s`` on
-every example not in fold ``k``; it then predicts fold ``k``. Each example is thus predicted by exactly the ``S``
-members that held it out, and is labelled::
+  label_difficulty(LabelConfig(output_dir, folds=8, seeds=5, ...)) -> LabelResult      # resumable
+  make_plan(config) -> Plan;  train_group(plan, members, dp) -> (state, status, seconds)
+  predict_group(plan, members, params, dp);  aggregate(plan, logits) -> columns;  write_labels(dir, columns)
 
-    seeds_wrong = #{s : member (fold(x), s) predicts x wrong}       in [0, S]
-    difficulty  = 1 if seeds_wrong > 0 else 0                        (easy only if every seed was right)
-    confidence  = mean over those S members of max_y p(y | x)        (float32)
-
-Members and seeds. Member ``m = k * S + s`` has seed ``config.seed + s``, used exactly as :func:`trainer.fit` uses
-its seed: it initialises what the checkpoint lacks (classifier, and the pooler of minilm-l3), gives the dropout key
-``PRNGKey(seed)`` and the data order (epoch ``e`` visits the member's own training positions in the order
-``data.epoch_permutation(n_k, seed, e)``). The step is :func:`trainer.make_train_step` with plain cross entropy and
-AdamW as :func:`trainer.adamw` builds it.
-
-Lock-step. Members' training sets differ in size by at most one, so their steps per epoch differ by at most one.
-All members run ``steps_per_epoch = max_k ceil(n_k / B)`` steps an epoch; a member that has run out of examples in
-an epoch gets an all-padding batch (``valid=False``), and its step is skipped exactly (parameters, optimiser state
-and step counter unchanged, so it is the same as not running it; the select this takes is compiled in only when
-some member needs it). One learning-rate schedule serves all members, with the lock-step total. The batches of
-all members in a step are padded to one length (the longest of their buckets), which changes nothing but float
-rounding: padded positions are masked.
-
-Vectorisation and devices. Parameters, optimiser states, step counters and RNG keys are stacked on a leading
-member axis; ``jax.vmap`` of the per-member step makes one program, compiled once per batch shape, that trains all
-members of a group. It is then mapped over devices by :class:`parallel.DataParallel` exactly as the fine-tuning
-step is, with the *per-member batch* split over the ``"data"`` axis (``batch_axis=1``: batches are
-``[M, B, L]``, each device gets ``[M, B / devices, L]``) and the members vmapped inside each device. The
-collectives need no change: inside ``vmap`` a ``psum``/``pmean`` over ``"data"`` reduces each member's values over
-devices separately, so every member sees the gradient of its own global batch, as in a single data-parallel run.
-Why this axis: members differ in data, not in shapes, and the batch axis is the one that scales with devices
-(any device count that divides ``B``, independently of ``K x S``). The price is that every device holds all members
-of a group (parameters, two Adam moments, gradients) and all-reduces their gradients each step; splitting members
-over devices instead would need no collectives, but ties the device count to the member count. As in the trainer,
-dropout keys fold in the device index, so with dropout on, runs on different device counts draw different masks.
-When the members do not fit (each holds parameters, two Adam moments and gradients: ~280 MB for minilm-l3's 17.4M
-float32 parameters, plus activations), ``chunk=C`` trains them in groups of at most ``C`` members, one group after
-another: the same labels, since members never interact (only float rounding differs, as batch shapes do); each
-distinct group size is one more compilation. On a CPU, vmapping buys no speed (see docs/bench_difficulty.md); it
-is meant for accelerators, where one program with M times the work per kernel fills the device.
-
-Files, under ``output_dir``::
-
-    config.json                    the LabelConfig (a resumed run must match it)
-    groups/<g>/checkpoints/<step>  orbax checkpoints of group g's stacked state (deleted once the group is done)
-    groups/<g>/predictions.npz     group g's held-out logits (its completion marker)
-    difficulty.jsonl, difficulty.csv   one row per training example: id, difficulty, seeds_wrong, num_seeds,
-                                   confidence, fold (readable by ``data.join_by_id``)
-    summary.json                   K, S, epochs, steps, share hard, per-member held-out accuracy, DIS, times
-    metrics.jsonl                  per-member training loss and accuracy every ``log_every`` steps
-
-Resume: run again with the same config; finished groups are read back, the current group restarts from its last
-checkpoint (the batches, dropout keys and updates are a pure function of the step), so the labels are identical to
-an uninterrupted run's. SIGTERM saves a checkpoint and returns with ``status="preempted"``.
-
-Public API::
-
-    LabelConfig(output_dir, model="minilm-l3", folds=8, seeds=5, ...)
-    label_difficulty(config, *, dp=None, on_step=None) -> LabelResult        # the whole thing, resumable
-    assign_folds(n, folds, seed) -> int64 [n];  plan_members(n, folds, seeds, seed) -> list[Member]
-    make_plan(config) -> Plan;  train_group(plan, members, dp, stacked=True) -> (host state, status, seconds)
-    predict_group(plan, members, params, dp, stacked=True) -> list of held-out logits
-    aggregate(plan, logits_by_member) -> dict of columns;  write_labels(directory, columns) -> paths
+An example is easy (difficulty 0) only if every one of the S members that held it out predicts it right. Members,
+lock-step batches, the vmapped step and the files written are described in docs/design.md.
 """
 
 from __future__ import annotations
@@ -82,93 +25,54 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cascade_jax import checkpoints, data, metrics, models, parallel, trainer
+from cascade_jax import checkpoints, configs, data, metrics, models, parallel, trainer
+from cascade_jax.configs import DataConfig, ModelConfig, OptimConfig, RunConfig, section
+from cascade_jax.loop import Every, run_steps
+from cascade_jax.preemption import Preemption
 from cascade_jax.run_log import RunLog
 
 LABEL_COLUMNS = ("difficulty", "seeds_wrong", "num_seeds", "confidence", "fold")
+CONFIG_FILE = "config.json"
 _FOLD_STREAM = 0x466F6C64  # "Fold": keeps the fold shuffle apart from other uses of the same seed.
-# Settings that may change between a run and its resumption (they do not change the labels).
-_RESUME_FREE = ("progress", "log_every", "backend", "checkpoint_every", "keep_checkpoints")
-
-
-class ResumeMismatchError(ValueError):
-    """The output directory holds a labelling run with other settings."""
+ResumeMismatchError = configs.ResumeMismatchError
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
     """Everything that defines a labelling run (saved as ``config.json``).
 
-    Attributes:
-      output_dir: where labels, summary and checkpoints go; reused to resume.
-      model, num_layers: the small cascade member (a built-in name or model directory; keep the first k layers).
-      task, source, max_length, buckets: the data, as for :class:`trainer.TrainConfig`.
-      subset: label only ``data.subset(train, subset)`` (the fixed random sample ``--train-subset`` of finetune
-        takes too), for quick runs; None labels the whole training split.
-      folds, seeds: K and S (paper: 8 and 5). seed: fold assignment; member seeds are ``seed + s``.
-      epochs, max_steps, batch_size, learning_rate, warmup_ratio, weight_decay, max_grad_norm, dropout, dtype: the
-        fine-tuning of each member (``batch_size`` rows per member per step).
-      chunk: train at most this many members at once (None: all ``K x S``).
-      sequential: train members one at a time with the un-vmapped step (the reference the vmapped run must
-        equal; slower).
-      backend: data-parallel mapping (``shard_map`` or ``pmap``).
-      eval_batch_size: rows per member per prediction batch.
-      checkpoint_every: steps between checkpoints (0: once per epoch); keep_checkpoints: how many to keep.
-      log_every: steps between training-metric records; progress: show a progress bar.
+    ``model`` is the small cascade member; ``data.train_subset`` labels only ``data.subset(train, n)`` (the sample
+    a member trained with the same setting takes); ``optim`` is each member's fine-tuning (``batch_size`` rows per
+    member per step). Member seeds are ``seed + s``; ``seed`` also assigns the folds.
     """
 
-    output_dir: str
-    model: str = "minilm-l3"
-    num_layers: int | None = None
-    task: str = "rotten_tomatoes"
-    source: str | None = None
-    subset: int | None = None
-    max_length: int = 128
-    buckets: tuple[int, ...] = data.DEFAULT_BUCKETS
-    folds: int = 8
-    seeds: int = 5
-    seed: int = 0
-    epochs: float = 3.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    dropout: bool = True
-    dtype: str = "float32"
-    chunk: int | None = None
-    sequential: bool = False
-    backend: str = "shard_map"
-    eval_batch_size: int = 64
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
+    output_dir: str = configs.field("", "where labels, summary and checkpoints go; reused to resume")
+    model: ModelConfig = section(ModelConfig)
+    data: DataConfig = section(DataConfig)
+    optim: OptimConfig = section(OptimConfig)
+    run: RunConfig = section(RunConfig, eval_batch_size=64)
+    folds: int = configs.field(8, "K: each member holds out one fold (paper: 8)")
+    seeds: int = configs.field(5, "S: seeds per fold; easy only if all are right (paper: 5)")
+    seed: int = configs.field(0, "fold assignment; member seeds are SEED .. SEED+S-1")
+    chunk: int | None = configs.field(None, "train at most C members at once (default: all K x S); the same labels, "
+                                            "less memory (minilm-l3: ~280 MB a member in float32, plus activations)")
+    sequential: bool = configs.field(False, "train members one at a time without vmap (the reference; slower)")
 
     def __post_init__(self):
+        if not self.output_dir:
+            raise configs.ConfigError("LabelConfig needs an output_dir")
         if self.folds < 2:
-            raise ValueError(f"folds must be at least 2 (each member needs a held-out fold), got {self.folds}")
+            raise configs.ConfigError(f"folds must be at least 2 (each member needs a held-out fold), got {self.folds}")
         if self.seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+            raise configs.ConfigError(f"seeds must be at least 1, got {self.seeds}")
         if self.chunk is not None and self.chunk < 1:
-            raise ValueError(f"chunk must be a positive number of members, got {self.chunk}")
-        if self.subset is not None and self.subset < 1:
-            raise ValueError(f"subset must be a positive number of examples, got {self.subset}")
+            raise configs.ConfigError(f"chunk must be a positive number of members, got {self.chunk}")
         if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
-        object.__setattr__(self, "buckets", tuple(self.buckets))
+            raise configs.ConfigError(f"seed must be non-negative, got {self.seed}")
 
     @property
     def num_members(self) -> int:
         return self.folds * self.seeds
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LabelConfig":
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,77 +145,68 @@ class Plan:
     def init_params(self, seed: int) -> Any:
         """Host parameters of a member with seed ``seed`` (pretrained encoder; classifier etc. from the seed)."""
         if seed not in self._init_params:
-            _, params = models.from_pretrained(
-                self.config.model, num_labels=self.num_labels, num_layers=self.config.num_layers,
-                dtype=_dtype(self.config.dtype), seed=seed,
-            )
+            m = self.config.model
+            _, params = models.from_pretrained(m.name, num_labels=self.num_labels, num_layers=m.num_layers,
+                                               dtype=m.jnp_dtype, seed=seed)
             self._init_params[seed] = jax.device_get(params)
         return self._init_params[seed]
 
     def init_state(self, member: Member) -> trainer.TrainState:
         """A member's initial host :class:`trainer.TrainState` (what :func:`trainer.fit` starts from)."""
-        params = self.init_params(member.seed)
-        return trainer.TrainState(
-            step=np.asarray(0, np.int32), params=params, opt_state=jax.device_get(self.tx.init(params)),
-            rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(member.seed))),
-        )
+        return trainer.new_state(self.init_params(member.seed), self.tx, member.seed)
 
     def functions(self, dp: parallel.DataParallel, stacked: bool) -> tuple[Callable, Callable]:
         """The mapped ``(train_step, predict_step)``: shared by every group, and by every plan of this process with
         the same model, optimiser settings and devices, so that they share compilations."""
-        c = self.config
-        return _mapped_functions(self.module, (c.learning_rate, c.warmup_ratio, c.weight_decay, c.max_grad_norm),
-                                 self.total_steps, c.dropout, self.skip_empty, stacked, dp)
+        return _mapped_functions(self.module, self.config.optim, self.largest_train_set, self.config.model.dropout,
+                                 self.skip_empty, stacked, dp)
+
+    @property
+    def largest_train_set(self) -> int:
+        """Examples of the largest member's training set: what an epoch of the lock-step schedule covers."""
+        return max(len(m.train_positions) for m in self.members)
 
     @property
     def skip_empty(self) -> bool:
         """Whether some member runs out of examples before the others in an epoch (and so needs skipped steps)."""
-        return any(data.steps_per_epoch(len(m.train_positions), self.config.batch_size) < self.steps_per_epoch
+        return any(data.steps_per_epoch(len(m.train_positions), self.config.optim.batch_size) < self.steps_per_epoch
                    for m in self.members)
 
 
-def _optimizer(optim: tuple[float, float, float, float], total_steps: int) -> optax.GradientTransformation:
-    lr, warmup, decay, clip = optim
-    return trainer.adamw(lr, total_steps, warmup_ratio=warmup, weight_decay=decay, max_grad_norm=clip)
-
-
 @functools.lru_cache(maxsize=8)
-def _mapped_functions(module, optim, total_steps, dropout, skip_empty, stacked, dp) -> tuple[Callable, Callable]:
-    step = make_member_step(module, _optimizer(optim, total_steps), dropout, skip_empty)
+def _mapped_functions(module, optim: OptimConfig, num_examples: int, dropout, skip_empty, stacked,
+                      dp) -> tuple[Callable, Callable]:
+    step = make_member_step(module, configs.make_optimizer(optim, num_examples)[0], dropout, skip_empty)
     predict = make_predict_step(module, stacked)
     axis = 1 if stacked else 0
     return (dp.map_step(jax.vmap(step) if stacked else step, batch_axis=axis),
             dp.map_step(predict, donate_state=False, batch_axis=axis))
 
 
-def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
 def load_train_split(config: LabelConfig) -> data.Encoded:
     """The tokenised training split the run labels (``data.subset`` of it when ``config.subset`` is set)."""
-    tokenizer = models.tokenizer_for(config.model)
-    train = data.encode_split(config.task, "train", config.source, tokenizer=tokenizer, max_length=config.max_length)
-    return data.subset(train, config.subset)
+    d = config.data
+    tokenizer = models.tokenizer_for(config.model.name)
+    train = data.encode_split(d.task, "train", d.source, tokenizer=tokenizer, max_length=d.max_length)
+    return data.subset(train, d.train_subset)
 
 
 def make_plan(config: LabelConfig, train: data.Encoded | None = None) -> Plan:
     """Load the data and the model, assign folds and count the lock-step steps of ``config``."""
-    task = data.get_task(config.task)
-    if not task.label_names:
-        raise ValueError(f"task {config.task!r} is a regression task: difficulty labels need right/wrong predictions")
+    task = data.get_task(config.data.task)
+    if task.is_regression:
+        raise configs.ConfigError(f"task {task.name!r} is a regression task: difficulty labels need right/wrong "
+                                  f"predictions")
     train = load_train_split(config) if train is None else train
     members = plan_members(len(train), config.folds, config.seeds, config.seed)
-    spe = max(data.steps_per_epoch(len(m.train_positions), config.batch_size) for m in members)
-    total = max(1, math.ceil(config.epochs * spe))
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    module, params = models.from_pretrained(config.model, num_labels=len(task.label_names),
-                                            num_layers=config.num_layers, dtype=_dtype(config.dtype), seed=config.seed)
-    optim = (config.learning_rate, config.warmup_ratio, config.weight_decay, config.max_grad_norm)
-    return Plan(config=config, train=train, members=members, module=module,
-                tx=_optimizer(optim, total), num_labels=len(task.label_names),
-                steps_per_epoch=spe, total_steps=total, _init_params={config.seed: jax.device_get(params)})
+    largest = max(len(m.train_positions) for m in members)
+    tx, total = configs.make_optimizer(config.optim, largest)
+    m = config.model
+    module, params = models.from_pretrained(m.name, num_labels=task.num_labels, num_layers=m.num_layers,
+                                            dtype=m.jnp_dtype, seed=config.seed)
+    return Plan(config=config, train=train, members=members, module=module, tx=tx, num_labels=task.num_labels,
+                steps_per_epoch=data.steps_per_epoch(largest, config.optim.batch_size), total_steps=total,
+                _init_params={config.seed: jax.device_get(params)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,7 +278,7 @@ def stack_batches(batches: Sequence[dict[str, np.ndarray]], pad_id: int) -> dict
 
 
 def _batch_of(plan: Plan, positions: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    batch = data.make_batch(plan.train, positions, size, buckets=plan.config.buckets)
+    batch = data.make_batch(plan.train, positions, size, buckets=plan.config.data.buckets)
     batch.pop("id")
     return batch
 
@@ -402,15 +297,9 @@ def _group_batch(plan: Plan, batches: list[dict], stacked: bool) -> dict[str, np
 def group_train_batch(plan: Plan, group: Sequence[Member], step: int, stacked: bool = True) -> dict[str, np.ndarray]:
     """The host batch (this process's rows) of ``group`` at lock-step ``step``: ``[M, B, L]`` when ``stacked``
     (place it with ``dp.shard_batch(batch, 1)``), else one member's ``[B, L]``."""
-    size = plan.config.batch_size
+    size = plan.config.optim.batch_size
     batches = [_batch_of(plan, member_train_positions(m, step, plan.steps_per_epoch, size), size) for m in group]
     return _group_batch(plan, batches, stacked)
-
-
-def _check_divisible(rows: int, dp: parallel.DataParallel, what: str) -> None:
-    parts = dp.num_devices * (jax.process_count() if dp.backend == "pmap" else 1)
-    if rows % parts:
-        raise ValueError(f"{what} {rows} must be divisible by the {parts} devices it is split over")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,19 +322,19 @@ def train_group(
     log: RunLog | None = None,
     bar=None,
     group_index: int = 0,
-    preemption=None,
+    preemption: Preemption | None = None,
 ) -> tuple[trainer.TrainState, str, float]:
     """Train ``group`` for ``plan.total_steps`` lock-steps; returns ``(host state, status, train seconds)``.
 
     ``stacked=True`` trains the members together (vmapped, state with a leading member axis); ``stacked=False``
     needs a one-member group and runs the un-vmapped step. With ``ckpt`` it resumes from and saves checkpoints
-    (``status`` is ``"preempted"`` when ``preemption`` (a ``trainer._Preemption``) stopped it). ``on_step(step, per-member metrics)``
-    runs after every step (tests use it to interrupt).
+    (``status`` is ``"preempted"`` when ``preemption`` stopped it). ``on_step(step, per-member metrics)`` runs after
+    every step (tests use it to interrupt).
     """
     config = plan.config
     if not stacked and len(group) != 1:
         raise ValueError(f"an un-stacked group holds one member, got {len(group)}")
-    _check_divisible(config.batch_size, dp, "batch_size")
+    trainer.check_batch_size(config.optim.batch_size, dp)
     step_fn, _ = plan.functions(dp, stacked)
     host = [plan.init_state(m) for m in group]
     state = stack_trees(host) if stacked else host[0]
@@ -453,60 +342,45 @@ def train_group(
     if ckpt is not None and ckpt.latest_step() is not None:
         state, meta = ckpt.restore_state(state)
         start, seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-    state = dp.replicate(state)
-    ckpt_every = config.checkpoint_every or plan.steps_per_epoch
-    status, pending, t0 = "finished", [], time.perf_counter()
+    t0 = time.perf_counter()
 
-    def save(step):
+    def save(step, state, seen):
         ckpt.save_state(step, dp.unreplicate(state), {
             "step": step, "train_seconds": seconds + time.perf_counter() - t0, "members": [m.index for m in group],
         })
 
-    for step in range(start, plan.total_steps):
-        batch = group_train_batch(plan, group, step, stacked)
-        state, m = step_fn(state, dp.shard_batch(batch, 1 if stacked else 0))
-        done = step + 1
-        pending.append(m)
-        if on_step is not None:
-            on_step(done, _per_member(dp.unreplicate(m), stacked))
-        stop = preemption is not None and preemption.agreed()  # Every process stops at the same step.
-        saving = ckpt is not None and (done % ckpt_every == 0 or done == plan.total_steps or stop)
-        if saving or done % config.log_every == 0 or done == plan.total_steps:
-            _check_and_log(pending, dp, stacked, group, done, group_index, log, bar)  # Never save a NaN state.
-            pending = []
+    def write_log(step, state, seen):
+        last = seen[-1][1]
+        if log is not None:
+            log.write(step, "train", {"group": group_index, "members": [m.index for m in group],
+                                      **{k: last[k].tolist() for k in ("loss", "accuracy", "grad_norm", "examples")},
+                                      "mean_loss": float(np.mean(last["loss"]))})
         if bar is not None:
-            bar.update(len(group))
-        if saving:
-            save(done)
-        if stop and done < plan.total_steps:
-            status = "preempted"
-            break
-    return dp.unreplicate(state), status, seconds + time.perf_counter() - t0
+            bar.set_postfix(group=group_index, loss=f"{float(np.mean(last['loss'])):.4f}")
+
+    def describe_nonfinite(step, loss):
+        bad = int(np.flatnonzero(~np.isfinite(loss))[0])
+        member = group[bad]
+        return (f"the training loss of member {member.index} (fold {member.fold}, seed {member.seed}) became "
+                f"{loss[bad]} at step {step}; lower the learning rate, or check the data")
+
+    actions = [Every(config.run.log_every, write_log)]
+    if bar is not None:
+        actions.insert(0, Every(1, lambda step, state, seen: bar.update(len(group)), needs_metrics=False))
+    if ckpt is not None:
+        actions.append(Every(config.run.checkpoint_every or plan.steps_per_epoch, save, on_stop=True))
+    axis = 1 if stacked else 0
+    batches = (dp.shard_batch(group_train_batch(plan, group, step, stacked), axis)
+               for step in range(start, plan.total_steps))
+    result = run_steps(step_fn, batches, dp.replicate(state), start=start, total=plan.total_steps, actions=actions,
+                       preemption=preemption, on_step=on_step, describe_nonfinite=describe_nonfinite,
+                       metrics_of=lambda m: _per_member(dp.unreplicate(m), stacked))
+    return dp.unreplicate(result.state), result.status, seconds + time.perf_counter() - t0
 
 
 def _per_member(m: dict, stacked: bool) -> dict[str, np.ndarray]:
     return {k: np.atleast_1d(np.asarray(v, np.float64)) if stacked else np.asarray([v], np.float64)
             for k, v in m.items()}
-
-
-def _check_and_log(pending, dp, stacked, group, step, group_index, log, bar) -> None:
-    """Raise on a non-finite loss of any member among ``pending`` steps; log the last step's per-member values."""
-    host = [_per_member(dp.unreplicate(m), stacked) for m in pending]
-    for i, h in enumerate(host):
-        bad = np.flatnonzero(~np.isfinite(h["loss"]))
-        if bad.size:
-            member = group[int(bad[0])]
-            raise trainer.NonFiniteLossError(
-                f"the training loss of member {member.index} (fold {member.fold}, seed {member.seed}) became "
-                f"{h['loss'][bad[0]]} at step {step - len(host) + i + 1}; lower the learning rate, or check the data"
-            )
-    last = host[-1]
-    if log is not None:
-        log.write(step, "train", {"group": group_index, "members": [m.index for m in group],
-                                  **{k: last[k].tolist() for k in ("loss", "accuracy", "grad_norm", "examples")},
-                                  "mean_loss": float(np.mean(last["loss"]))})
-    if bar is not None:
-        bar.set_postfix(group=group_index, loss=f"{float(np.mean(last['loss'])):.4f}")
 
 
 def predict_group(plan: Plan, group: Sequence[Member], params: Any, dp: parallel.DataParallel, *,
@@ -517,7 +391,7 @@ def predict_group(plan: Plan, group: Sequence[Member], params: Any, dp: parallel
     """
     _, predict_fn = plan.functions(dp, stacked)
     parts = dp.num_devices * (jax.process_count() if dp.backend == "pmap" else 1)
-    size = -(-plan.config.eval_batch_size // parts) * parts
+    size = -(-plan.config.run.eval_batch_size // parts) * parts
     placed = dp.replicate(params)
     steps = max(-(-len(m.heldout_positions) // size) for m in group)
     out: list[list[np.ndarray]] = [[] for _ in group]
@@ -538,12 +412,6 @@ def predict_group(plan: Plan, group: Sequence[Member], params: Any, dp: parallel
 # Labels.
 
 
-def _softmax_max(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-    p = np.exp(z)
-    return (p / p.sum(-1, keepdims=True)).max(-1)
-
-
 def aggregate(plan: Plan, logits_by_member: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
     """The label columns (``id`` and :data:`LABEL_COLUMNS`, split order) from every member's held-out logits.
 
@@ -561,7 +429,7 @@ def aggregate(plan: Plan, logits_by_member: dict[int, np.ndarray]) -> dict[str, 
             raise ValueError(f"member {member.index} has {logits.shape[0]} predictions for {len(pos)} examples")
         np.add.at(wrong, pos, logits.argmax(-1) != labels[pos])
         np.add.at(count, pos, 1)
-        np.add.at(conf, pos, _softmax_max(logits))
+        np.add.at(conf, pos, metrics.softmax(logits).max(-1))
         fold[pos] = member.fold
     if not (count == plan.config.seeds).all():
         bad = np.flatnonzero(count != plan.config.seeds)
@@ -629,20 +497,6 @@ def _load_group(path: pathlib.Path) -> tuple[dict[int, np.ndarray], dict]:
         return dict(zip(f["members"].tolist(), split)), json.loads(str(f["info"]))
 
 
-def _check_resume(out: pathlib.Path, config: LabelConfig) -> None:
-    file = out / "config.json"
-    if not file.exists():
-        return
-    saved = json.loads(file.read_text())
-    now = json.loads(json.dumps(config.to_dict()))
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and k != "output_dir"
-                  and saved.get(k) != now.get(k))
-    if diff:
-        raise ResumeMismatchError(f"{out} holds a labelling run with other settings ({', '.join(diff)}: "
-                         f"{[saved.get(k) for k in diff]} there, {[now.get(k) for k in diff]} now); "
-                         f"use another output directory")
-
-
 def label_difficulty(
     config: LabelConfig,
     *,
@@ -658,15 +512,14 @@ def label_difficulty(
     """
     wall0 = time.perf_counter()
     out = pathlib.Path(config.output_dir)
-    dp = dp or parallel.DataParallel(config.backend)
+    dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0
-    _check_resume(out, config)
+    configs.check_resume(out, CONFIG_FILE, config)
     plan = make_plan(config, train)
     groups = [[m] for m in plan.members] if config.sequential else groups_of(plan.members, config.chunk)
     stacked = not config.sequential
     if is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        configs.write(out, CONFIG_FILE, config)
 
     logits: dict[int, np.ndarray] = {}
     infos: list[dict] = []
@@ -684,10 +537,10 @@ def label_difficulty(
 
     members_done = sum(len(group) for g, group in enumerate(groups) if g not in todo)
     bar = tqdm(total=plan.total_steps * len(plan.members), initial=members_done * plan.total_steps,
-               disable=not (config.progress and is_writer), unit="member-step", dynamic_ncols=True)
+               disable=not (config.run.progress and is_writer), unit="member-step", dynamic_ncols=True)
     log = RunLog(out, enabled=is_writer, tensorboard=False)
     status = "finished"
-    preemption = trainer._Preemption()
+    preemption = Preemption()
     try:
         with preemption.installed():
             for g in todo:
@@ -695,7 +548,7 @@ def label_difficulty(
                     status = "preempted"
                     break
                 group, gdir = groups[g], out / "groups" / f"{g:03d}"
-                ckpt = checkpoints.Checkpoints(gdir, max_to_keep=config.keep_checkpoints)
+                ckpt = checkpoints.Checkpoints(gdir, max_to_keep=config.run.keep_checkpoints)
                 try:  # Closing waits for in-flight saves, also when training raised.
                     resumed_at = ckpt.latest_step() or 0
                     bar.update(resumed_at * len(group))
@@ -747,10 +600,10 @@ def make_summary(plan: Plan, columns: dict[str, np.ndarray], logits: dict[int, n
     dis = metrics.difficulty_inversion_score(columns["confidence"], columns["difficulty"])
     histogram = np.bincount(columns["seeds_wrong"], minlength=config.seeds + 1)
     return {
-        "task": config.task, "model": config.model, "num_layers": config.num_layers,
+        "task": config.data.task, "model": config.model.name, "num_layers": config.model.num_layers,
         "examples": len(plan.train), "folds": config.folds, "seeds": config.seeds, "seed": config.seed,
-        "epochs": config.epochs, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "epochs": config.optim.epochs, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+        "batch_size": config.optim.batch_size, "learning_rate": config.optim.learning_rate,
         "members": len(plan.members), "chunk": config.chunk, "sequential": config.sequential,
         "groups": len(infos), "devices": dp.num_devices, "backend": dp.backend,
         "share_hard": float(np.mean(columns["difficulty"])),

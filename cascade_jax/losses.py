@@ -1,21 +1,9 @@
-"""Training objectives: cross entropy, knowledge distillation and the difficulty-aware regulariser (DAR).
+"""Training objectives as pure functions of arrays: cross entropy, knowledge distillation and DAR.
 
-Everything here is a pure ``jax.numpy`` function of arrays (no Python loops over examples or pairs), so it can be
-jitted, vmapped over seeds and mapped over devices. Conventions shared by all functions:
+  cross_entropy(logits, labels, mask), distillation_loss(student, teacher, T, mask), dar_loss(...)
+  register_dar_variant(name, fn) / get_dar_variant(name)      # all_pairs, authors, logistic, soft, or your own
 
-* ``mask`` is an optional ``[B]`` bool/float array; rows where it is false (or 0) do not count at all, neither in a
-  sum nor in the count a mean divides by. A mean over no rows (or no pairs) is exactly ``0`` with a zero gradient,
-  never NaN. Masked rows may hold any finite or non-finite garbage: they are replaced before any arithmetic.
-* Logits are upcast to at least float32 before any softmax (bf16 logits give float32 losses; float64 stays float64).
-* ``difficulty`` is ``0`` for easy and ``1`` for hard instances; any value ``> 0`` counts as hard, so a soft
-  "fraction of seeds wrong" maps to the paper's strict rule (easy only if every seed was right). Difficulty is a
-  label: no gradient flows into it.
-
-DAR (CascadeBERT, Sec. 3.2). With confidence ``c = max_y p(y | x)``, every pair of an easy instance ``e`` and a hard
-instance ``h`` contributes the hinge ``max(0, eps - (c_e - c_h))``: easy instances must be more confident than hard
-ones by the margin ``eps``. The paper's Eq. 5-6 print the sign of ``g`` the other way round; the authors' code (and
-this module) pushes easy above hard. Several variants live in a registry (:func:`register_dar_variant`,
-:func:`get_dar_variant`) so that research code can add its own without touching the trainer.
+Masked rows never count (a mean over nothing is 0, never NaN); conventions and DAR's maths are in docs/design.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ from typing import Callable
 import numpy as np
 
 __all__ = [
+    "softmax",
+    "normalized_entropy",
+    "majority_accuracy",
     "accuracy",
     "f1_binary",
     "matthews_corrcoef",
@@ -52,6 +55,32 @@ def _as_float64(x: np.ndarray) -> np.ndarray:
 def _require_nonempty(n: int, what: str) -> None:
     if n == 0:
         raise ValueError(f"{what} of an empty input is undefined")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# probabilities
+
+
+def softmax(logits) -> np.ndarray:
+    """Softmax over the last axis, in numpy float64."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def normalized_entropy(probs) -> np.ndarray:
+    """``H(p) / log C`` over the last axis, float64, in [0, 1] (0 for C = 1); ``0 log 0 = 0``."""
+    p = np.asarray(probs, np.float64)
+    c = p.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return h / math.log(c) if c > 1 else np.zeros_like(h)
+
+
+def majority_accuracy(labels) -> float:
+    """Accuracy of always answering the most frequent label: what a model that learned nothing scores."""
+    counts = np.bincount(np.asarray(labels, np.int64))
+    return float(counts.max() / counts.sum())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,17 +1,10 @@
 """A Flax (linen) BERT that reproduces Hugging Face's PyTorch ``BertModel`` / ``BertForSequenceClassification``.
 
-Architecture (post-LayerNorm BERT): word + position + token-type embeddings -> LayerNorm -> dropout, then per
-layer ``LN(x + Dropout(Attn(x)))`` and ``LN(h + Dropout(W2 act(W1 h)))``; pooler ``tanh(W [CLS])``; classifier
-``W Dropout(pooled)``. Parameters are kept in float32; ``dtype`` sets the compute dtype (float32 or bfloat16);
-attention softmax, LayerNorm statistics and the returned logits are float32.
+  from_pretrained(name_or_path, num_labels=, num_layers=None, dtype=jnp.float32) -> (module, params)
+  logits_fn(module) -> fn(params, batch);  tokenizer_for(name_or_path);  save_pretrained(module, params, dir)
 
-Parameter names mirror Hugging Face's, so conversion is mechanical: ``bert.encoder.layer.3.output.dense.weight``
-is ``params["bert"]["encoder"]["layer_3"]["output"]["dense"]["kernel"]`` (transposed).
-
-Public API:
-  ``from_pretrained(name_or_path, *, num_labels, num_layers=None, dtype=jnp.float32) -> (module, params)``
-  ``module.apply({"params": params}, input_ids, attention_mask, token_type_ids, deterministic, output_hidden_states)``
-  ``tokenizer_for(name_or_path)``, ``save_pretrained(module, params, directory)``, ``logits_fn(module)``.
+Parameter names mirror Hugging Face's (``bert/encoder/layer_3/output/dense/kernel``), so checkpoints convert
+mechanically; parameters are float32 whatever the compute ``dtype``.
 """
 
 from __future__ import annotations
@@ -226,10 +219,15 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder with pooler; returns (all hidden states, pooled output)."""
+    """The encoder with pooler; returns (all hidden states, pooled output).
+
+    With ``pool_every_layer`` the pooled output is a list: the pooler applied to each encoder layer's [CLS] (the
+    early-exit baselines' heads read them); the parameters are the same.
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    pool_every_layer: bool = False
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
@@ -238,8 +236,10 @@ class BertModel(nn.Module):
         # As in transformers: masked keys get the most negative float32, so a fully masked row stays finite.
         additive_mask = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
         states = BertEncoder(c, self.dtype, name="encoder")(x, additive_mask, deterministic)
-        pooled = BertPooler(c, self.dtype, name="pooler")(states[-1])
-        return states, pooled
+        pooler = BertPooler(c, self.dtype, name="pooler")
+        if self.pool_every_layer:
+            return states, [pooler(s) for s in states[1:]]
+        return states, pooler(states[-1])
 
 
 class BertPooler(nn.Module):

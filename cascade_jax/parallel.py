@@ -1,16 +1,9 @@
 """Data parallelism: per-device step functions in the pmap style, mapped with ``jax.shard_map`` or ``jax.pmap``.
 
-A per-device step is written once, as ``step(state, batch, *extra) -> (state, metrics)``, with collectives over
-the axis :data:`AXIS` (``"data"``): the batch holds this device's rows, the state and ``extra`` are replicated,
-and the step must make its outputs replicated (``lax.pmean`` of gradients and metrics). Two mappings run it:
+  DataParallel(backend="shard_map" | "pmap").map_step(step) / .replicate(tree) / .shard_batch(batch)
 
-* ``"shard_map"`` (default, what JAX recommends now): ``jax.jit(jax.shard_map(step, mesh, ...))`` over a 1-D mesh
-  of every device (all processes). The host feeds its own rows; :meth:`DataParallel.shard_batch` assembles the
-  global array with ``jax.make_array_from_process_local_data``. State lives as replicated global arrays.
-* ``"pmap"``: ``jax.pmap(step, axis_name="data")`` over the local devices; the host batch is reshaped to
-  ``[local_devices, per_device, ...]`` and the state carries a leading device axis.
-
-Both donate the state buffers, and give the same parameters (tested on 8 forced CPU devices).
+A step is written once as per-device code with collectives over the axis ``"data"``; both mappings give the same
+parameters (tested on 8 forced CPU devices). See docs/design.md.
 """
 
 from __future__ import annotations

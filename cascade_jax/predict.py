@@ -13,7 +13,6 @@ into full batches), so only the examples the small model is unsure about reach t
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Sequence
 
 import numpy as np
@@ -38,22 +37,23 @@ class CascadePredictor:
         """Members are model directories in Hugging Face layout (e.g. ``finetune``'s ``OUTPUT/model``)."""
         if not member_dirs:
             raise ValueError("a cascade needs at least one member directory")
-        num_labels = max(1, len(data.get_task(task).label_names))
-        stages = report.load_cascade(member_dirs, num_labels)
+        stages = report.load_cascade(member_dirs, data.get_task(task).num_labels)
         return cls(stages, models.tokenizer_for(member_dirs[0]), task, max_length, batch_size)
 
     @classmethod
     def from_pipeline(cls, output_dir, *, batch_size: int = 64) -> "CascadePredictor":
         """The main cascade (small member with DAR at the chosen margin -> large member) of a pipeline run."""
-        out = pathlib.Path(output_dir)
-        cfg_file, results = out / "pipeline_config.json", out / "report" / "results.json"
-        for f in (cfg_file, results):
+        from cascade_jax.pipeline import RunLayout, dar_member
+
+        layout = RunLayout(output_dir)
+        for f in (layout.config_file, layout.results_file):
             if not f.exists():
-                raise FileNotFoundError(f"{f} is missing: {out} is not a finished pipeline run (run ./run main)")
-        cfg = json.loads(cfg_file.read_text())
-        margin = json.loads(results.read_text())["meta"]["margin"]
-        members = [out / "members" / f"small-dar-m{margin:g}" / "model", out / "members" / "large" / "model"]
-        return cls.from_members(members, task=cfg["task"], max_length=cfg["max_length"], batch_size=batch_size)
+                raise FileNotFoundError(f"{f} is missing: {layout.root} is not a finished pipeline run (./run main)")
+        data_cfg = json.loads(layout.config_file.read_text())["data"]
+        margin = json.loads(layout.results_file.read_text())["meta"]["margin"]
+        members = [layout.member_model(dar_member(margin)), layout.member_model("large")]
+        return cls.from_members(members, task=data_cfg["task"], max_length=data_cfg["max_length"],
+                                batch_size=batch_size)
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         fields = self.task.text_fields

@@ -1,37 +1,13 @@
 """Accuracy/speed-up curves of exit methods, operating points chosen on dev, and the report files.
 
-A *curve* is one method evaluated on one split, with the models' outputs computed once; ``curve.point(param)``
-derives the result at any threshold (or patience, or depth) without running a model, as a :class:`Point`::
+  Curve.cascade(sim, labels, ...), Curve.early_exit(logits, labels, rule=...), Curve.static(logits, labels, ...)
+  cascade_curve(stages, enc), early_exit_curve(module, params, enc, rule=...), static_curve(module, params, enc)
+  curve.point(param) -> Point;  sweep(curve) -> [Point];  select_point(points, target) -> Point
+  operating_points(dev_curve, test_curve, targets) -> [Selected];  write_report(out_dir, points, ...)
 
-  CascadeCurve(sim, labels, metric, exit_rule="max_prob", ...)     # cascade.simulate_all's outputs
-  EarlyExitCurve(logits [L, N, C], labels, metric, rule=...)      # DeeBERT ("entropy"/"max_prob"), PABEE ("patience")
-  StaticCurve(logits [N, C], labels, metric, num_layers=k, ...)   # BERT-kL: one point
-  cascade_curve(stages, enc), early_exit_curve(module, params, enc), static_curve(module, params, enc)
-                                                                  # run loaded models on a split, return the curve
-  sweep(curve, params=None) -> [Point]           # params default to curve.grid()
-  select_point(points, target_speedup) -> Point  # the operating point for a target layer speed-up
-  operating_points(dev_curve, test_curve, targets) -> [Selected]
-  write_report(out_dir, points, members=..., selected=..., meta=...) -> {"json", "markdown", "plot"} paths
-
-Every point carries the task metrics, the layer speed-up (the paper's: layers of the reference model / mean layers
-executed per example), the FLOPs speed-up when costs are known (:func:`cascade.bert_flops` at each example's real
-length; the baselines' internal heads included), the mean layers, the share of examples answered by each stage (or
-layer), and the ECE of the answers. The reference model defaults to the method's own largest model (the cascade's
-last member, the early-exit model itself); pass ``reference_layers``/``reference_flops`` to compare methods against
-one common large model.
-
-Threshold grids (:meth:`CascadeCurve.grid`, :meth:`EarlyExitCurve.grid`): the quantiles 0, 1/(num-1), ..., 1 of the
-exit statistic over the non-final stages (layers) on the curve's split, plus the two extremes (every example exits
-at the first stage; none exits early). PABEE's grid is every patience 0 .. L-1 (L-1 = no early exit).
-
-Choosing an operating point (:func:`select_point`): among the points whose layer speed-up is at least the target,
-the one with the best primary metric (ties: the higher speed-up, then the first given). If no point reaches the
-target, the one with the highest speed-up, i.e. the closest from below; ``Selected.reached`` says which case it was.
-:func:`operating_points` chooses on the dev curve and evaluates the same parameter on the test curve.
-
-Files (:func:`write_report`): ``results.json`` (strict JSON; NaN is written as null), ``results.md`` (one table row
-per point, then the operating points and the members) and ``curve.png`` (metric against layer speed-up, one line
-per method; operating points starred), drawn with matplotlib's Agg backend.
+A curve is one method on one split with its models' outputs computed once (a :class:`cascade.CascadeSimulation`:
+cascade stages, a multi-exit model's layers, or a static model's one stage); any threshold, patience or depth is
+derived from it without running a model. Grids and the selection rule are described in docs/design.md.
 """
 
 from __future__ import annotations
@@ -46,14 +22,12 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from cascade_jax import baselines, cascade, data, evaluation, metrics, models
+from cascade_jax import baselines, cascade, data, evaluation, flops, metrics, models
 
 __all__ = [
     "Point",
     "Selected",
-    "CascadeCurve",
-    "EarlyExitCurve",
-    "StaticCurve",
+    "Curve",
     "quantile_thresholds",
     "sweep",
     "select_point",
@@ -178,155 +152,137 @@ def _member_summary(name, layers, probs, labels, metric_name, difficulty) -> dic
 # ----------------------------------------------------------------------------------------------------------------
 # Curves.
 
+CURVE_RULES = ("max_prob", "entropy", "patience", "static")
 
-class CascadeCurve:
-    """The cascade on one split, from :func:`cascade.simulate_all`'s outputs.
+
+class Curve:
+    """One method on one split: a :class:`cascade.CascadeSimulation`, the labels, and how examples exit.
 
     Args:
-      sim: the simulation (every stage on every example).
+      sim: every stage's outputs on every example (cascade members; a multi-exit model's layers; one static model).
       labels: [N] gold labels. metric: task metric name (``accuracy``, ``f1+accuracy``, ``matthews``).
-      exit_rule: ``max_prob`` (the paper) or ``entropy``.
-      flops_per_stage: per stage, one example's FLOPs (number or [N]); None: no FLOPs speed-up.
-      reference_layers / reference_flops: the model the speed-ups divide (default: the largest stage).
-      names: stage names for :meth:`members`.
+      rule: ``max_prob`` / ``entropy`` (param = threshold), ``patience`` (PABEE), ``static`` (param = layers).
+      exit_costs: FLOPs of answering at each stage, cumulative over the stages run: [S] or [S, N]; None: no FLOPs
+        speed-up. reference_flops: the reference model's FLOPs (number or [N]; default: the largest stage alone).
+      reference_layers: layers the speed-up divides (default: the simulation's reference).
+      kind: ``cascade``, ``early_exit`` or ``static`` (how the report lists its members).
     """
 
-    param_name = "threshold"
-    exit_unit = "stage"
-
-    def __init__(self, sim: cascade.CascadeSimulation, labels, metric: str = "accuracy", *,
-                 exit_rule: str = "max_prob", flops_per_stage: Sequence | None = None,
-                 reference_layers: int | None = None, reference_flops=None, split: str = "",
-                 name: str = "cascade", names: Sequence[str] | None = None):
+    def __init__(self, sim: cascade.CascadeSimulation, labels, metric: str = "accuracy", *, rule: str = "max_prob",
+                 exit_costs=None, reference_flops=None, reference_layers: int | None = None, split: str = "",
+                 name: str = "cascade", names: Sequence[str] | None = None, kind: str = "cascade"):
+        if rule not in CURVE_RULES:
+            raise ValueError(f"rule must be one of {CURVE_RULES}, got {rule!r}")
         self.sim = sim
         self.labels = _check_labels(labels, sim.probs.shape[1])
         self.metric = metric
-        self.exit_rule = exit_rule
-        self.flops_per_stage = flops_per_stage
-        self.reference_layers = int(reference_layers or max(sim.num_layers))
+        self.rule = rule
+        self.exit_costs = None if exit_costs is None else np.asarray(exit_costs, np.float64)
         self.reference_flops = reference_flops
+        self.reference_layers = int(reference_layers or sim.reference_layers or max(sim.num_layers))
         self.split = split
         self.name = name
+        self.kind = kind
         self.names = list(names) if names is not None else [f"stage {k + 1}" for k in range(len(sim.num_layers))]
+        self.param_name = {"patience": "patience", "static": "layers"}.get(rule, "threshold")
+        self.exit_unit = "stage" if kind == "cascade" else "layer"
 
-    def result(self, threshold) -> cascade.CascadeResult:
-        return self.sim.result(threshold, self.exit_rule)
+    # Constructors.
 
-    def point(self, threshold) -> Point:
-        r = self.result(threshold)
-        flops = None
-        if self.flops_per_stage is not None:
-            if self.reference_flops is None:
-                flops = r.flops_speedup(self.flops_per_stage)
-            else:
-                ref = np.broadcast_to(np.asarray(self.reference_flops, np.float64), r.layers.shape)
-                flops = float(np.mean(ref) / np.mean(r.example_flops(self.flops_per_stage)))
-        return _point(self.name, self.param_name, threshold, self.split, self.labels, self.metric, r.probs,
-                      r.mean_layers, self.reference_layers, flops, self.exit_unit, r.answered)
+    @classmethod
+    def cascade(cls, sim, labels, metric: str = "accuracy", *, exit_rule: str = "max_prob",
+                flops_per_stage: Sequence | None = None, reference_layers: int | None = None, reference_flops=None,
+                split: str = "", name: str = "cascade", names: Sequence[str] | None = None) -> "Curve":
+        """A cascade; ``flops_per_stage`` is each stage's cost of one example (number or [N])."""
+        costs = ref = None
+        if flops_per_stage is not None:
+            per = _stage_costs(flops_per_stage, len(sim.num_layers), sim.probs.shape[1])
+            costs = np.cumsum(per, axis=0)
+            largest = len(sim.num_layers) - 1 - int(np.argmax(sim.num_layers[::-1]))
+            ref = per[largest] if reference_flops is None else reference_flops
+        return cls(sim, labels, metric, rule=exit_rule, exit_costs=costs, reference_flops=ref,
+                   reference_layers=reference_layers, split=split, name=name, names=names, kind="cascade")
 
-    def grid(self, num: int = 21) -> list[float]:
-        stat = self.sim.max_prob if self.exit_rule == "max_prob" else self.sim.entropy
-        return quantile_thresholds(stat[:-1], num, self.exit_rule)
-
-    def members(self, difficulty=None) -> list[dict]:
-        """Each stage alone on every example: task metrics, ECE, mean confidence, DIS (with ``difficulty`` [N])."""
-        return [_member_summary(self.names[k], self.sim.num_layers[k], self.sim.probs[k], self.labels, self.metric,
-                                difficulty) for k in range(len(self.sim.num_layers))]
-
-
-class EarlyExitCurve:
-    """A multi-exit model (DeeBERT, PABEE) on one split, from all layers' logits ``[L, N, C]``.
-
-    Args:
-      rule: ``entropy`` or ``max_prob`` (DeeBERT; param = threshold) or ``patience`` (PABEE).
-      exit_costs: FLOPs of answering at each layer, [L] or [L, N] (``2 * baselines.layer_exit_macs``);
-      reference_flops: the full model's FLOPs (number or [N]). Both needed for the FLOPs speed-up.
-      reference_layers: default L.
-    """
-
-    exit_unit = "layer"
-
-    def __init__(self, logits, labels, metric: str = "accuracy", *, rule: str = "entropy", exit_costs=None,
-                 reference_flops=None, reference_layers: int | None = None, split: str = "", name: str = "DeeBERT"):
-        self.logits = np.asarray(logits, np.float32)
-        if self.logits.ndim != 3:
-            raise ValueError(f"logits must be [num_layers, N, C], got shape {self.logits.shape}")
+    @classmethod
+    def early_exit(cls, logits, labels, metric: str = "accuracy", *, rule: str = "entropy", exit_costs=None,
+                   reference_flops=None, reference_layers: int | None = None, split: str = "",
+                   name: str = "DeeBERT") -> "Curve":
+        """A multi-exit model from all layers' logits ``[L, N, C]`` (``exit_costs``: FLOPs of answering at each
+        layer, [L] or [L, N], e.g. ``2 * flops.layer_exit_macs``). Both costs are needed for a FLOPs speed-up."""
+        logits = np.asarray(logits, np.float32)
+        if logits.ndim != 3:
+            raise ValueError(f"logits must be [num_layers, N, C], got shape {logits.shape}")
         if rule not in baselines.EXIT_RULES:
             raise ValueError(f"rule must be one of {baselines.EXIT_RULES}, got {rule!r}")
-        self.labels = _check_labels(labels, self.logits.shape[1])
-        self.metric = metric
-        self.rule = rule
-        self.exit_costs = exit_costs
-        self.reference_flops = reference_flops
-        self.reference_layers = int(reference_layers or self.logits.shape[0])
-        self.split = split
-        self.name = name
-        self.param_name = "patience" if rule == "patience" else "threshold"
+        sim = cascade.CascadeSimulation.from_logits(logits)
+        if exit_costs is None or reference_flops is None:
+            exit_costs = reference_flops = None
+        return cls(sim, labels, metric, rule=rule, exit_costs=exit_costs, reference_flops=reference_flops,
+                   reference_layers=reference_layers, split=split, name=name,
+                   names=[f"layer {j + 1}" for j in range(logits.shape[0])], kind="early_exit")
 
-    def result(self, param) -> baselines.ExitResult:
-        return baselines.exit_result(self.logits, self.rule, param)
+    @classmethod
+    def static(cls, logits, labels, metric: str = "accuracy", *, num_layers: int, reference_layers: int, flops=None,
+               reference_flops=None, split: str = "", name: str = "BERT-kL") -> "Curve":
+        """BERT-kL: a ``num_layers``-layer model's logits [N, C]; one point. ``flops`` / ``reference_flops``: one
+        example's FLOPs of this model and of the full model (numbers or [N])."""
+        logits = np.asarray(logits, np.float32)
+        sim = cascade.CascadeSimulation.from_logits(logits[None], num_layers=(int(num_layers),),
+                                                    reference_layers=int(reference_layers))
+        costs = None if flops is None or reference_flops is None else np.asarray(flops, np.float64)[None]
+        return cls(sim, labels, metric, rule="static", exit_costs=costs,
+                   reference_flops=None if costs is None else reference_flops, reference_layers=reference_layers,
+                   split=split, name=name, names=[f"{int(num_layers)} layers"], kind="static")
 
-    def point(self, param) -> Point:
-        r = self.result(param)
-        flops = None
-        if self.exit_costs is not None and self.reference_flops is not None:
-            flops = r.flops_speedup(self.exit_costs, self.reference_flops)
-        return _point(self.name, self.param_name, param, self.split, self.labels, self.metric, r.probs,
-                      r.mean_layers, self.reference_layers, flops, self.exit_unit, r.answered)
+    # Points.
 
-    def grid(self, num: int = 21) -> list:
+    def result(self, param) -> cascade.CascadeResult:
         if self.rule == "patience":
-            return list(range(self.logits.shape[0]))
-        probs = baselines.softmax(self.logits[:-1])
-        stat = probs.max(-1) if self.rule == "max_prob" else baselines.normalized_entropy(probs)
-        return quantile_thresholds(stat, num, self.rule)
-
-    def members(self, difficulty=None) -> list[dict]:
-        """Each layer's classifier alone on every example."""
-        probs = baselines.softmax(self.logits)
-        return [_member_summary(f"layer {j + 1}", j + 1, probs[j], self.labels, self.metric, difficulty)
-                for j in range(len(probs))]
-
-
-class StaticCurve:
-    """BERT-kL: a ``num_layers``-layer model's logits [N, C]; a single point (param = its layers).
-
-    flops / reference_flops: one example's FLOPs of this model and of the full model (numbers or [N]).
-    """
-
-    param_name = "layers"
-    exit_unit = "layer"
-
-    def __init__(self, logits, labels, metric: str = "accuracy", *, num_layers: int, reference_layers: int,
-                 flops=None, reference_flops=None, split: str = "", name: str = "BERT-kL"):
-        self.logits = np.asarray(logits, np.float32)
-        self.labels = _check_labels(labels, self.logits.shape[0])
-        self.metric = metric
-        self.num_layers = int(num_layers)
-        self.reference_layers = int(reference_layers)
-        self.flops = flops
-        self.reference_flops = reference_flops
-        self.split = split
-        self.name = name
+            return self.sim.result_at(baselines.patience_exit_layers(self.sim.probs, param), rule="patience")
+        if self.rule == "static":
+            layers = self.sim.num_layers[0]
+            if param is not None and int(param) != layers:
+                raise ValueError(f"{self.name} has {layers} layers; param {param!r} cannot be set")
+            return self.sim.result_at(np.zeros(self.sim.probs.shape[1], np.int64), rule="static")
+        return self.sim.result(param, self.rule)
 
     def point(self, param=None) -> Point:
-        if param is not None and int(param) != self.num_layers:
-            raise ValueError(f"{self.name} has {self.num_layers} layers; param {param!r} cannot be set")
-        r = baselines.static_result(self.logits, self.num_layers, self.reference_layers)
+        if param is None and self.rule == "static":
+            param = self.sim.num_layers[0]
+        r = self.result(param)
         flops = None
-        if self.flops is not None and self.reference_flops is not None:
-            n = len(self.labels)
-            costs = np.broadcast_to(np.asarray(self.flops, np.float64), (n,))
-            flops = r.flops_speedup(np.broadcast_to(costs, (self.reference_layers, n)), self.reference_flops)
-        return _point(self.name, self.param_name, self.num_layers, self.split, self.labels, self.metric, r.probs,
-                      r.mean_layers, self.reference_layers, flops, self.exit_unit, r.answered)
+        if self.exit_costs is not None:
+            n = len(r.exit_stage)
+            costs = self.exit_costs if self.exit_costs.ndim == 2 else np.repeat(self.exit_costs[:, None], n, axis=1)
+            cost = costs[r.exit_stage, np.arange(n)]
+            ref = np.broadcast_to(np.asarray(self.reference_flops, np.float64), (n,))
+            flops = float(np.mean(ref) / np.mean(cost))
+        answered = r.answered
+        if self.rule == "static":  # Answers at layer k of the reference model's layers.
+            answered = np.zeros(self.reference_layers, np.int64)
+            answered[self.sim.num_layers[0] - 1] = len(r.exit_stage)
+        return _point(self.name, self.param_name, param, self.split, self.labels, self.metric, r.probs,
+                      r.mean_layers, self.reference_layers, flops, self.exit_unit, answered)
 
-    def grid(self, num: int = 21) -> list[int]:
-        return [self.num_layers]
+    def grid(self, num: int = 21) -> list:
+        if self.rule == "static":
+            return [self.sim.num_layers[0]]
+        if self.rule == "patience":
+            return list(range(len(self.sim.num_layers)))
+        stat = self.sim.max_prob if self.rule == "max_prob" else self.sim.entropy
+        return quantile_thresholds(stat[:-1], num, self.rule)
 
     def members(self, difficulty=None) -> list[dict]:
-        return [_member_summary(f"{self.num_layers} layers", self.num_layers, baselines.softmax(self.logits),
-                                self.labels, self.metric, difficulty)]
+        """Each stage (layer) alone on every example: task metrics, ECE, mean confidence, DIS (with ``difficulty``)."""
+        layers = np.cumsum(self.sim.num_layers) if self.kind == "early_exit" else self.sim.num_layers
+        return [_member_summary(self.names[k], layers[k], self.sim.probs[k], self.labels, self.metric, difficulty)
+                for k in range(len(self.sim.num_layers))]
+
+
+def _stage_costs(flops_per_stage, num_stages: int, n: int) -> np.ndarray:
+    if len(flops_per_stage) != num_stages:
+        raise ValueError(f"flops_per_stage has {len(flops_per_stage)} entries for {num_stages} stages")
+    return np.stack([np.broadcast_to(np.asarray(f, np.float64), (n,)) for f in flops_per_stage])
 
 
 def sweep(curve, params: Sequence | None = None, num: int = 21) -> list[Point]:
@@ -408,7 +364,7 @@ def load_cascade(member_dirs: Sequence, num_labels: int, dtype=None) -> list[cas
 
 def cascade_curve(stages: Sequence[cascade.Stage], enc, *, batch_size: int = 64, exit_rule: str = "max_prob",
                   length_multiple: int | None = 16, reference_layers: int | None = None, reference_flops=None,
-                  name: str = "cascade", sim: cascade.CascadeSimulation | None = None) -> CascadeCurve:
+                  name: str = "cascade", sim: cascade.CascadeSimulation | None = None) -> Curve:
     """Run every stage on every example of ``enc`` once (:func:`cascade.simulate_all`) and return the cascade's
     curve; FLOPs at each example's real length. ``sim``: the stages' outputs on ``enc`` computed earlier (then no
     model runs here)."""
@@ -417,24 +373,24 @@ def cascade_curve(stages: Sequence[cascade.Stage], enc, *, batch_size: int = 64,
     elif sim.probs.shape[:2] != (len(stages), len(enc)):
         raise ValueError(f"sim holds {sim.probs.shape[0]} stages x {sim.probs.shape[1]} examples; expected "
                          f"{len(stages)} x {len(enc)}")
-    return CascadeCurve(sim, enc.labels, data.get_task(enc.task).metric, exit_rule=exit_rule,
-                        flops_per_stage=cascade.stage_flops(stages, enc.lengths), reference_layers=reference_layers,
-                        reference_flops=reference_flops, split=enc.split, name=name,
-                        names=[s.name for s in stages])
+    return Curve.cascade(sim, enc.labels, data.get_task(enc.task).metric, exit_rule=exit_rule,
+                         flops_per_stage=cascade.stage_flops(stages, enc.lengths), reference_layers=reference_layers,
+                         reference_flops=reference_flops, split=enc.split, name=name,
+                         names=[s.name for s in stages])
 
 
 def early_exit_curve(module, params, enc, *, rule: str, name: str, batch_size: int = 64,
-                     reference_layers: int | None = None, reference_flops=None) -> EarlyExitCurve:
+                     reference_layers: int | None = None, reference_flops=None) -> Curve:
     """All layers' logits of a multi-exit model (:func:`baselines.load_multi_exit`) on ``enc``, as a curve.
     Without ``reference_flops`` the plain model (no internal heads) is the FLOPs reference."""
     logits = baselines.predict_exit_logits(module, params, enc, batch_size)
     lengths = enc.lengths
     if reference_flops is None:
-        reference_flops = cascade.bert_flops(module.config, lengths)
-    return EarlyExitCurve(logits, enc.labels, data.get_task(enc.task).metric, rule=rule,
-                          exit_costs=2 * baselines.layer_exit_macs(module.config, lengths),
-                          reference_flops=reference_flops, reference_layers=reference_layers, split=enc.split,
-                          name=name)
+        reference_flops = flops.bert_flops(module.config, lengths)
+    return Curve.early_exit(logits, enc.labels, data.get_task(enc.task).metric, rule=rule,
+                            exit_costs=2 * flops.layer_exit_macs(module.config, lengths),
+                            reference_flops=reference_flops, reference_layers=reference_layers, split=enc.split,
+                            name=name)
 
 
 @functools.partial(jax.jit, static_argnums=0)  # One compilation per (module config, batch shape).
@@ -444,17 +400,17 @@ def _logits(module, params, batch):
 
 
 def static_curve(module, params, enc, *, reference_layers: int, batch_size: int = 64, reference_flops=None,
-                 name: str = "BERT-kL") -> StaticCurve:
+                 name: str = "BERT-kL") -> Curve:
     """A fine-tuned k-layer model (BERT-kL; ``models.from_pretrained``) on ``enc``, as a one-point curve. Without
     ``reference_flops`` the full model is taken to be this one with ``reference_layers`` layers."""
     logits = evaluation.predict_logits(functools.partial(_logits, module), params, enc, batch_size)
     cfg = module.config
     lengths = enc.lengths
     if reference_flops is None:
-        reference_flops = cascade.bert_flops(dataclasses.replace(cfg, num_hidden_layers=reference_layers), lengths)
-    return StaticCurve(logits, enc.labels, data.get_task(enc.task).metric, num_layers=cfg.num_hidden_layers,
-                       reference_layers=reference_layers, flops=cascade.bert_flops(cfg, lengths),
-                       reference_flops=reference_flops, split=enc.split, name=name)
+        reference_flops = flops.bert_flops(dataclasses.replace(cfg, num_hidden_layers=reference_layers), lengths)
+    return Curve.static(logits, enc.labels, data.get_task(enc.task).metric, num_layers=cfg.num_hidden_layers,
+                        reference_layers=reference_layers, flops=flops.bert_flops(cfg, lengths),
+                        reference_flops=reference_flops, split=enc.split, name=name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,13 +435,15 @@ json_safe = _json_safe  # Public name: plain JSON types, NaN/inf -> None (used f
 
 
 def results_dict(points: Sequence[Point], *, members: Mapping[str, list] | None = None,
-                 selected: Sequence[Selected] | None = None, meta: Mapping | None = None) -> dict:
-    """Everything as plain JSON types (NaN/inf -> None)."""
+                 selected: Sequence[Selected] | None = None, meta: Mapping | None = None,
+                 extra: Mapping | None = None) -> dict:
+    """Everything as plain JSON types (NaN/inf -> None); ``extra`` adds top-level entries."""
     return _json_safe({
         "meta": dict(meta or {}),
         "points": [p.to_dict() for p in points],
         "selected": [s.to_dict() for s in selected or []],
         "members": dict(members or {}),
+        **dict(extra or {}),
     })
 
 
@@ -599,12 +557,13 @@ def plot_curves(path, points: Sequence[Point], *, selected: Sequence[Selected] =
 
 def write_report(out_dir, points: Sequence[Point], *, members: Mapping[str, list] | None = None,
                  selected: Sequence[Selected] | None = None, meta: Mapping | None = None,
-                 title: str | None = None) -> dict[str, pathlib.Path]:
-    """Write ``results.json``, ``results.md`` and ``curve.png`` into ``out_dir`` (created); returns their paths."""
+                 extra: Mapping | None = None, title: str | None = None) -> dict[str, pathlib.Path]:
+    """Write ``results.json`` (with ``extra`` entries), ``results.md`` and ``curve.png`` into ``out_dir``
+    (created); returns their paths."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "curve.png"}
-    doc = results_dict(points, members=members, selected=selected, meta=meta)
+    doc = results_dict(points, members=members, selected=selected, meta=meta, extra=extra)
     paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     md = [f"# {title or 'Results'}\n"]
     if meta:

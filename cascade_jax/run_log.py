@@ -1,6 +1,8 @@
 """Where a run's numbers go: a JSONL file (one record per line) and TensorBoard event files.
 
-Only the process that owns the log (process 0 in a multi-host run) writes; the others get a no-op log.
+Only the process that owns the log (process 0 in a multi-host run) writes; the others get a no-op log. A resumed run
+opens its log with ``after_step`` (the step it resumes from): records of later steps, written before the
+interruption and about to be replayed, are dropped so that every step is recorded once.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import time
 class RunLog:
     """Append-only metrics log of one run: ``metrics.jsonl`` and ``tensorboard/`` under ``directory``."""
 
-    def __init__(self, directory: str | pathlib.Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, directory: str | pathlib.Path, enabled: bool = True, tensorboard: bool = True,
+                 after_step: int | None = None):
         self.enabled = enabled
         self.directory = pathlib.Path(directory)
         self._writer = None
         if not enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.directory / "metrics.jsonl", "a")
+        path = self.directory / "metrics.jsonl"
+        if after_step is not None and path.exists():
+            _drop_after(path, after_step)
+        self._jsonl = open(path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.directory / "tensorboard"))
+            purge = None if after_step is None else after_step + 1
+            self._writer = SummaryWriter(str(self.directory / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """Record ``values`` (floats, or anything JSON can hold) at ``step`` under ``kind`` (train, eval, ...)."""
@@ -45,3 +52,18 @@ class RunLog:
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _drop_after(path: pathlib.Path, step: int) -> None:
+    """Keep only the records of ``path`` at steps ``<= step`` (and lines that are not records)."""
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # A line cut short by a kill.
+        if not isinstance(record, dict) or int(record.get("step", 0)) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

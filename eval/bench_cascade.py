@@ -28,6 +28,7 @@ Run from the repository root::
     python -m eval.bench_cascade                         # batch 64 and 256, all 1200 dev sentences:
                                  # ~850 CPU-seconds: ~15 min on the shared 2-core machine at load 1-4
     python -m eval.bench_cascade --batch-sizes 64 --repeats 3 --examples 600   # a quick look
+    python -m eval.bench_cascade --smoke     # under a minute: 32 sentences, batch 8, max length 32; no numbers
 
 The last line is ``wall-clock/layer speed-up, worst case: R``: the smallest (wall-clock speed-up / layer speed-up)
 over the batch sizes; 1.0 means the cascade saves exactly as much time as it saves layers.
@@ -45,6 +46,9 @@ if __package__ in (None, ""):  # `python eval/bench_cascade.py`: make `cascade_j
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from eval import machine  # noqa: E402
+
+# --smoke: every variant, on a few sentences in small batches (max length 32: two length buckets of 16).
+SMOKE_DEFAULTS = dict(batch_sizes=[8], repeats=1, examples=32, max_length=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="batch sizes allowed for a stage's last, partial batch: 'default' (batch size halved down "
                    "to 8) or 'full' (always a full batch)")
     p.add_argument("--max-length", type=int, default=128, help="tokeniser truncation (default 128)")
-    return p.parse_args(argv)
+    return machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
 
 
 def choose_threshold(stage1_max_prob, layers, target: float) -> float:
@@ -92,6 +96,8 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
     print(f"CPU: {machine.describe()}; jax {jax.__version__}")
     print(f"load average at start: {machine.load_average()}", flush=True)
 

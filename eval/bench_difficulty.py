@@ -27,6 +27,7 @@ max_length 64; a few minutes on 2 cores)::
 
     python -m eval.bench_difficulty
     python -m eval.bench_difficulty --subset 128 --folds 2 --seeds 2     # a quicker look
+    python -m eval.bench_difficulty --smoke    # under a minute: 32 examples, K=2 x S=1, length 16; no numbers
 
 The very last line is ``vmapped/loop time: R``: end-to-end time of the vmapped run over the loop run (what a
 ``label_difficulty`` process costs each way; R < 1 means the vmapped run is faster).
@@ -48,6 +49,10 @@ if __package__ in (None, ""):  # `python eval/bench_difficulty.py`: make `cascad
 
 from eval import machine  # noqa: E402
 
+# --smoke: the same two runs and the step-only comparison, as small as they go (2 lock-steps per member).
+SMOKE_DEFAULTS = dict(model="minilm-l3", subset=32, folds=2, seeds=1, epochs=1.0, batch_size=8, max_length=16,
+                      repeats=1)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.bench_difficulty", description=__doc__,
@@ -64,16 +69,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step-only comparison")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
-    return p.parse_args(argv)
+    args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
+    if args.smoke and args.output_dir and machine.inside_docs(args.output_dir):
+        p.error("--smoke writes nothing into docs/: give --output-dir another path (or none: a temporary one)")
+    return args
 
 
 def warm_up(base: dict, root: pathlib.Path) -> None:
     """Pay the process's one-off costs before timing, so that the first mode timed does not carry them alone:
     tokenizer and data cache, model loading, the small kernels of eager optimiser init, orbax start-up. Compiles
     no training or prediction step (those differ between the modes and are part of what is measured)."""
-    from cascade_jax import checkpoints, difficulty
+    from cascade_jax import checkpoints, configs, difficulty
 
-    plan = difficulty.make_plan(difficulty.LabelConfig(output_dir=str(root / "warm-up"), **base))
+    plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(root / "warm-up")}))
     state = plan.init_state(plan.members[0])
     ckpt = checkpoints.Checkpoints(root / "warm-up")
     ckpt.save_state(0, state, {"step": 0})
@@ -86,16 +94,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
-    from cascade_jax import difficulty
+    from cascade_jax import configs, difficulty
 
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
     info = machine.info()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform} x{jax.device_count()}")
     print(f"load average (1, 5, 15 min) before: {info['load']}")
     root = pathlib.Path(args.output_dir or tempfile.mkdtemp(prefix="bench_difficulty_"))
-    base = dict(model=args.model, task=args.task, source=args.source, subset=args.subset, folds=args.folds,
-                seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                learning_rate=args.lr, progress=False, log_every=1000)
+    base = {"model.name": args.model, "task": args.task, "source": args.source, "train_subset": args.subset,
+            "folds": args.folds, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size,
+            "max_length": args.max_length, "learning_rate": args.lr, "progress": False, "log_every": 1000}
     rows, labels = [], {}
     try:
         t = time.perf_counter()
@@ -104,7 +114,7 @@ def main(argv=None) -> int:
         for mode in ("vmapped", "loop"):
             out = root / mode
             shutil.rmtree(out, ignore_errors=True)
-            cfg = difficulty.LabelConfig(output_dir=str(out), sequential=(mode == "loop"), **base)
+            cfg = configs.create(difficulty.LabelConfig, {**base, "output_dir": str(out), "sequential": mode == "loop"})
             stamps: list[tuple[int, int, float]] = []  # (group, members in it, time the step's metrics arrived)
 
             def on_step(group, step, per_member, stamps=stamps):
@@ -156,7 +166,7 @@ def main(argv=None) -> int:
     # 2. The training step alone, vmapped and looped back to back (compiled programs reused from the runs).
     from cascade_jax import parallel
 
-    plan = difficulty.make_plan(difficulty.LabelConfig(output_dir=str(root / "steps"), **base))
+    plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(root / "steps")}))
     dp = parallel.DataParallel()
     members = plan.members
     step_v, _ = plan.functions(dp, True)

@@ -26,6 +26,7 @@ Run from the repository root::
 
     python -m eval.bench_model                      # the full grid (~5 min on 2 idle cores, longer if shared)
     python -m eval.bench_model --models minilm-l3 --batch-sizes 32 --lengths 64 --repeats 3   # a quick look
+    python -m eval.bench_model --smoke    # seconds: minilm-l3, batch 2, length 16, 1 run; checks it runs, no numbers
 
 The very last line is ``jax/torch forward throughput, worst case: R``, R the smallest jax/torch ratio.
 """
@@ -54,6 +55,9 @@ from eval import machine  # noqa: E402
 # which is page-faulted afresh on every call. An empty fusion-type list turns those fusions off for the functions
 # jitted here only; nothing else in the process changes.
 JAX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+# --smoke: the smallest grid (one warm-up call stays: its outputs are the JAX/torch logits check).
+SMOKE_DEFAULTS = dict(models=["minilm-l3"], batch_sizes=[2], lengths=[16], repeats=1, min_seconds=0.0, warmup=1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cores before JAX and torch start, which sizes XLA's CPU thread pool, and sets "
                    "torch.set_num_threads(N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids and the classifier head")
-    args = p.parse_args(argv)
+    args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
     if args.repeats < 1 or args.warmup < 1:
         p.error("--repeats and --warmup must be at least 1")
     return args
@@ -112,6 +116,8 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
     print(f"CPU: {machine.describe()}")
     print(f"python {platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}), "
           f"flax {__import__('flax').__version__}, torch {torch.__version__}, transformers {transformers.__version__}")

@@ -4,7 +4,7 @@ Three measurements, all float32, dropout on, one identical random batch (token i
 attention mask, token type 0, random labels and difficulty):
 
 1. **JAX vs PyTorch.** ``trainer.make_train_step`` (CE) mapped by ``parallel.DataParallel`` (shard_map) on one
-   device with ``trainer.make_optimizer`` (global-norm clipping + AdamW, no decay on LayerNorm/biases), exactly as
+   device with ``configs.make_optimizer`` (global-norm clipping + AdamW, no decay on LayerNorm/biases), exactly as
    ``trainer.fit`` runs it, including placing the host batch with ``shard_batch`` every step; against
    transformers' ``BertForSequenceClassification`` in train mode with ``torch.optim.AdamW`` (the same decay groups,
    ``clip_grad_norm_(1.0)``, a LambdaLR schedule). Both start from the same weights: the minilm-l3 encoder plus a
@@ -29,6 +29,7 @@ Run from the repository root (about 5-8 minutes on 2 cores)::
 
     python -m eval.bench_train
     python -m eval.bench_train --repeats 3 --dar-repeats 5 --devices 1 2 --device-repeats 3   # a quick look
+    python -m eval.bench_train --smoke   # under a minute: batch 4, length 16, 1 round each, 2 devices; no numbers
 
 The very last line is ``dar/ce step time: R``.
 """
@@ -54,6 +55,9 @@ from eval import machine  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 LEARNING_RATE = 2e-5
+# --smoke: every part, with the smallest settings (JSON results, unless --json says where, go to a temporary folder).
+SMOKE_DEFAULTS = dict(model="minilm-l3", batch_size=4, length=16, repeats=1, dar_repeats=1, devices=[2],
+                      device_repeats=1, warmup=1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,7 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch, the classifier head and dropout")
     p.add_argument("--worker-devices", type=int, default=None, help=argparse.SUPPRESS)  # Part 3's subprocess.
-    args = p.parse_args(argv)
+    args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
+    if args.smoke and args.json and machine.inside_docs(args.json):
+        p.error("--smoke writes nothing into docs/: give --json another path")
     if min(args.repeats, args.dar_repeats, args.device_repeats, args.warmup) < 1:
         p.error("--repeats, --dar-repeats, --device-repeats and --warmup must be at least 1")
     if any(n < 1 or args.batch_size % n for n in args.devices):
@@ -136,16 +142,12 @@ def random_batch(batch_size: int, length: int, vocab: int, seed: int):
 def jax_step(module, params, batch, dp, loss_kind: str = "ce", compiler_options=None, seed: int = 0):
     """``(run, compile_seconds)``: ``run()`` does one training step as ``trainer.fit`` does, waits, returns loss."""
     import jax
-    import numpy as np
 
-    from cascade_jax import trainer
+    from cascade_jax import configs, trainer
 
     loss = trainer.LossConfig(kind=loss_kind, dar_variant="all_pairs", margin=0.5, dar_weight=0.5)
-    tx = trainer.make_optimizer(trainer.TrainConfig(output_dir="-", learning_rate=LEARNING_RATE), 10_000)
-    host_params = jax.device_get(params)
-    state = trainer.TrainState(step=np.asarray(0, np.int32), params=host_params,
-                               opt_state=jax.device_get(tx.init(host_params)),
-                               rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))))
+    tx, _ = configs.make_optimizer(configs.OptimConfig(learning_rate=LEARNING_RATE, max_steps=10_000), 10_000 * 32)
+    state = trainer.new_state(params, tx, seed)
     step = dp.map_step(trainer.make_train_step(module, tx, loss, dropout=True))
     holder = [dp.replicate(state)]
     t0 = time.perf_counter()
@@ -246,10 +248,12 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
-    info = {"machine_start": machine(), "args": {k: v for k, v in vars(args).items() if k != "worker_devices"}}
+    info = {"machine_start": machine.info(), "args": {k: v for k, v in vars(args).items() if k != "worker_devices"}}
     m = info["machine_start"]
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
     print(f"CPU: {m['cpu']}; nproc={m['nproc']} (of {m['cpus_online']} online)")
-    print(f"uptime at start: {m['uptime']}")
+    print(f"load average at start: {m['load']}")
     print(f"python {platform.python_version()}, jax {jax.__version__}, flax {__import__('flax').__version__}",
           end="")
     if "torch" not in args.skip:
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
     info["machine_end"] = machine.info()
     info["results"] = results
     info["total_s"] = time.perf_counter() - started
-    print(f"\nuptime at end: {info['machine_end']['uptime']}; benchmark took {info['total_s']:.0f}s")
+    print(f"\nload average at end: {info['machine_end']['load']}; benchmark took {info['total_s']:.0f}s")
 
     if "jax_vs_torch" in results:
         rows = results["jax_vs_torch"]["rows"]
@@ -357,6 +361,11 @@ def main(argv=None) -> int:
                   f"{r['compile_s']:>9.1f}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+    elif args.smoke:  # Exercise the JSON writing too, into a temporary folder that is removed again.
+        with tempfile.TemporaryDirectory(prefix="bench_train_smoke_") as tmp:
+            path = pathlib.Path(tmp) / "bench_train.json"
+            path.write_text(json.dumps(info, indent=2) + "\n")
+            json.loads(path.read_text())
     if "dar_vs_ce" in results:
         print(f"dar/ce step time: {results['dar_vs_ce']['paired_ratio_median']:.3f}")
     return 0

@@ -1,6 +1,6 @@
-"""Evaluate a cascade and the baselines (BERT-kL, DeeBERT, PABEE) on a task split; train the baselines' exits.
+"""Evaluate a cascade and the baselines (BERT-kL, DeeBERT, PABEE) on a task split.
 
-Subcommands (run from the repository root):
+Subcommand `evaluate` (run from the repository root; `train-exits` is python -m train.train_exits):
 
     # a cascade of fine-tuned members (trainer output OUTPUT/model, fewest layers first), swept over thresholds
     python -m eval.evaluate_cascade evaluate --cascade runs/l3-dar/model runs/l6/model --output-dir runs/eval
@@ -11,12 +11,10 @@ Subcommands (run from the repository root):
 
     # compare with the baselines; pick each method's parameter on dev for 1.5x and 2x, report those on test
     python -m eval.evaluate_cascade evaluate --cascade runs/l3/model runs/l6/model --static runs/l6-3/model \
-        --deebert runs/deebert --pabee runs/pabee --split test --tune-split validation --target-speedup 1.5 2 \
+        --deebert runs/deebert/model --pabee runs/pabee/model --split test --tune-split validation --target-speedup 1.5 2 \
         --output-dir runs/compare
 
-    # DeeBERT stage 2 (internal classifiers on a frozen fine-tuned model) / PABEE (joint training)
-    python -m eval.evaluate_cascade train-exits --model runs/l6/model --mode deebert --output-dir runs/deebert
-    python -m eval.evaluate_cascade train-exits --model runs/l6/model --mode pabee --output-dir runs/pabee
+    # the DeeBERT / PABEE models come from: python -m train.train_exits --model runs/l6/model --mode deebert ...
 
 `evaluate` writes results.json, results.md and curve.png into --output-dir and prints the Markdown. Each method's
 models run once per split; every threshold/patience is then derived from their outputs (see cascade_jax.report).
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 
@@ -50,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cascade members: fine-tuned model directories, fewest layers first")
     g.add_argument("--static", nargs="+", metavar="DIR", default=[],
                    help="BERT-kL: fine-tuned k-layer truncations of the large model (k read from each config)")
-    g.add_argument("--deebert", metavar="DIR", help="DeeBERT multi-exit model (from train-exits --mode deebert)")
+    g.add_argument("--deebert", metavar="DIR", help="DeeBERT multi-exit model (train.train_exits --mode deebert: OUTPUT/model)")
     g.add_argument("--pabee", metavar="DIR", help="PABEE multi-exit model (from train-exits --mode pabee)")
     g = e.add_argument_group("parameters (default: a sweep)")
     g.add_argument("--thresholds", nargs="+", type=float, metavar="T", help="cascade thresholds (default: sweep)")
@@ -81,33 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", required=True, help="where results.json, results.md and curve.png go")
     g.add_argument("--title", default=None, help="title of the report and the plot")
 
-    t = sub.add_parser("train-exits", help="train DeeBERT's internal classifiers or PABEE from a fine-tuned model",
-                       description="DeeBERT stage 2 (--mode deebert): freeze the fine-tuned backbone and final "
-                       "classifier, train a classifier after every other layer on the sum of their losses. PABEE "
-                       "(--mode pabee): train all classifiers and the backbone on sum_j j*CE_j / sum_j j. Writes a "
-                       "model directory for `evaluate --deebert/--pabee`.")
-    t.add_argument("--model", required=True, help="fine-tuned model directory (trainer output OUTPUT/model)")
-    t.add_argument("--mode", required=True, choices=["deebert", "pabee"],
-                   help="deebert: internal heads only, backbone frozen; pabee: everything, weighted loss")
-    t.add_argument("--head", default=None, choices=["pooler", "shared_pooler"],
-                   help="internal head: own pooler + dense (DeeBERT's default) or a dense on the shared pooler "
-                   "(PABEE's default)")
-    t.add_argument("--task", default="rotten_tomatoes", help="task name (default rotten_tomatoes)")
-    t.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in)")
-    t.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
-    t.add_argument("--epochs", type=float, default=2.0, help="epochs over the train split (may be fractional)")
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    t.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    t.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear warm-up and decay)")
-    t.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps warming up")
-    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (not on LayerNorm, biases)")
-    t.add_argument("--seed", type=int, default=0, help="data order, dropout and new heads' initialisation")
-    t.add_argument("--output-dir", required=True, help="where the multi-exit model directory is written")
     return p
 
 
 def _evaluate(args) -> int:
-    from cascade_jax import baselines, cascade, data, models, report
+    from cascade_jax import baselines, data, flops, models, report
 
     if not (args.cascade or args.static or args.deebert or args.pabee):
         raise SystemExit("evaluate: give at least one of --cascade, --static, --deebert, --pabee")
@@ -128,7 +103,7 @@ def _evaluate(args) -> int:
 
     def curves(split):
         enc = data.encode_split(args.task, split, args.source, tokenizer=tokenizer, max_length=args.max_length)
-        ref_flops = (cascade.bert_flops(dataclasses.replace(largest, num_hidden_layers=reference_layers), enc.lengths)
+        ref_flops = (flops.bert_flops(dataclasses.replace(largest, num_hidden_layers=reference_layers), enc.lengths)
                      if largest else None)
         common = dict(batch_size=args.batch_size, reference_layers=reference_layers, reference_flops=ref_flops)
         out = []
@@ -167,30 +142,14 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _train_exits(args) -> int:
-    from cascade_jax import baselines, data, models
-
-    tokenizer = models.tokenizer_for(args.model)
-    train = data.encode_split(args.task, "train", args.source, tokenizer=tokenizer, max_length=args.max_length)
-    module, params = baselines.load_multi_exit(args.model, head=args.head or baselines.DEFAULT_HEAD[args.mode],
-                                               seed=args.seed)
-    config = baselines.ExitTrainConfig(mode=args.mode, epochs=args.epochs, max_steps=args.max_steps,
-                                       batch_size=args.batch_size, learning_rate=args.lr,
-                                       warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-                                       seed=args.seed)
-    result = baselines.train_exits(module, params, train, config)
-    out = baselines.save_multi_exit(module, result.params, args.output_dir, tokenizer=tokenizer)
-    summary = {"mode": args.mode, "head": module.head, "source_model": str(args.model), "steps": result.steps,
-               "first_loss": result.losses[0], "last_loss": result.losses[-1], "model_dir": str(out),
-               "config": dataclasses.asdict(config)}
-    (out / "train_exits.json").write_text(json.dumps({**summary, "losses": result.losses}, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-exits"]:  # Kept for old command lines: the trainer lives in train/ now.
+        from train import train_exits
+
+        return train_exits.main(argv[1:])
     args = build_parser().parse_args(argv)
-    return _evaluate(args) if args.command == "evaluate" else _train_exits(args)
+    return _evaluate(args)
 
 
 if __name__ == "__main__":

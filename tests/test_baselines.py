@@ -1,14 +1,17 @@
 """Baselines: exit rules against per-example references, layer/FLOPs accounting, the multi-exit model and its
 training (DeeBERT freezes the backbone bitwise; PABEE trains everything)."""
 
+import json
 import math
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascade_jax import baselines, cascade, data, models
+from cascade_jax import baselines, configs, data, flops, metrics, models, report
 from tests import tiny
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,10 +71,11 @@ def test_confidence_rules_match_a_per_example_loop(rule, c):
     rng = np.random.default_rng(c)
     raw = _random_probs(rng, 5, 300, c)
     probs = raw / raw.sum(-1, keepdims=True)
+    logits = np.log(probs)  # Each layer a cascade stage: the cascade's exit rule, from the layers' logits.
     for threshold in [0.05, 0.2, 0.5, 0.7, 0.9, 0.99]:
-        got = baselines.confidence_exit_layers(probs, threshold, rule)
+        got = baselines.exit_result(logits, rule, threshold).exit_stage
         np.testing.assert_array_equal(got, _reference_confidence(probs, threshold, rule))
-    spread = baselines.confidence_exit_layers(probs, 0.5 if rule == "entropy" else 0.9, rule)
+    spread = baselines.exit_result(logits, rule, 0.5 if rule == "entropy" else 0.9).exit_stage
     assert len(np.unique(spread)) > 2  # Exits really spread out.
 
 
@@ -108,17 +112,17 @@ def test_extreme_parameters_give_exact_layer_accounting():
         assert (r.layers == layers).all(), (rule, param)
         assert r.layer_speedup == 4 / layers
         np.testing.assert_array_equal(r.answered, np.bincount([layers - 1] * 50, minlength=4))
-        np.testing.assert_allclose(r.probs, baselines.softmax(logits[layers - 1]), atol=1e-7)
+        np.testing.assert_allclose(r.probs, metrics.softmax(logits[layers - 1]), atol=1e-7)
 
 
 def test_exit_result_answers_with_the_exit_layers_distribution():
     rng = np.random.default_rng(2)
     logits = rng.normal(scale=3.0, size=(3, 40, 2)).astype(np.float32)
     r = baselines.exit_result(logits, "max_prob", 0.8)
-    probs = baselines.softmax(logits)
-    np.testing.assert_allclose(r.probs, probs[r.exit_layer, np.arange(40)], atol=1e-7)
-    np.testing.assert_array_equal(r.predictions, probs[r.exit_layer, np.arange(40)].argmax(-1))
-    assert r.mean_layers == pytest.approx(np.mean(r.exit_layer + 1))
+    probs = metrics.softmax(logits)
+    np.testing.assert_allclose(r.probs, probs[r.exit_stage, np.arange(40)], atol=1e-7)
+    np.testing.assert_array_equal(r.predictions, probs[r.exit_stage, np.arange(40)].argmax(-1))
+    assert r.mean_layers == pytest.approx(np.mean(r.exit_stage + 1))
 
 
 def test_rules_reject_bad_arguments():
@@ -126,35 +130,36 @@ def test_rules_reject_bad_arguments():
     with pytest.raises(ValueError):
         baselines.patience_exit_layers(probs, -1)
     with pytest.raises(ValueError):
-        baselines.confidence_exit_layers(probs, float("nan"))
+        baselines.exit_result(probs, "max_prob", float("nan"))
     with pytest.raises(ValueError):
-        baselines.confidence_exit_layers(probs[0], 0.5)
+        baselines.exit_result(probs[0], "max_prob", 0.5)
     with pytest.raises(ValueError):
         baselines.exit_result(probs, "nope", 1)
 
 
 def test_static_and_flops_accounting():
     config = models.BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=4)
-    r = baselines.static_result(np.zeros((10, 2)), num_layers=1, full_layers=4)
+    r = report.Curve.static(np.zeros((10, 2)), np.zeros(10, int), num_layers=1, reference_layers=4).result(1)
     assert r.layer_speedup == 4.0 and (r.layers == 1).all()
 
-    macs = baselines.layer_exit_macs(config, 16)
+    macs = flops.layer_exit_macs(config, 16)
     head = 32 * 32 + 32 * 2
     assert macs.shape == (4,)
     # Exiting at the last layer = the plain model + the (L - 1) internal heads passed on the way.
-    assert macs[-1] == cascade.bert_macs(config, 16) + 3 * head
+    assert macs[-1] == flops.bert_macs(config, 16) + 3 * head
     np.testing.assert_allclose(np.diff(macs), macs[0])  # Every layer adds the same.
     lengths = np.array([4, 8, 16])
-    per_example = baselines.layer_exit_macs(config, lengths)
+    per_example = flops.layer_exit_macs(config, lengths)
     assert per_example.shape == (4, 3)
     np.testing.assert_allclose(per_example[:, 2], macs)
 
     logits = np.zeros((4, 3, 2))
     logits[0, 0] = [5, 0]  # Example 0 exits at layer 1 (max-prob rule), the others at layer 4.
-    r = baselines.exit_result(logits, "max_prob", 0.9)
-    full = cascade.bert_macs(config, lengths)
+    curve = report.Curve.early_exit(logits, np.zeros(3, int), rule="max_prob", exit_costs=per_example,
+                                    reference_flops=flops.bert_macs(config, lengths))
+    full = flops.bert_macs(config, lengths)
     expected = full.mean() / np.mean([per_example[0, 0], per_example[3, 1], per_example[3, 2]])
-    assert r.flops_speedup(per_example, full) == pytest.approx(expected)
+    assert curve.point(0.9).flops_speedup == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,14 +213,25 @@ def test_multi_exit_model_loads_a_fine_tuned_directory_and_round_trips(workspace
     assert _leaves_equal(plain_params, base_params)
 
 
+def _exit_config(root, model_dir, name, **kw):
+    return configs.create(baselines.ExitTrainConfig, {
+        "output_dir": str(root / name), "model.name": str(model_dir), "source": str(root / "data"),
+        "max_length": 32, "epochs": 100, "batch_size": 16, "warmup_ratio": 0.0, "dropout": False,
+        "progress": False, "log_every": 1, **kw})
+
+
+def _losses(out):
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
 def test_deebert_training_lowers_the_internal_loss_and_freezes_the_rest(workspace):
-    _, model_dir, train = workspace
+    root, model_dir, train = workspace
     module, params = baselines.load_multi_exit(model_dir, head="pooler")
     before = _objective(module, params, train, "deebert")
-    config = baselines.ExitTrainConfig(mode="deebert", max_steps=40, epochs=100, batch_size=16,
-                                       learning_rate=3e-2, warmup_ratio=0.0, dropout=False)
-    result = baselines.train_exits(module, params, train, config)
-    assert result.steps == 40 and len(result.losses) == 40
+    config = _exit_config(root, model_dir, "deebert", mode="deebert", max_steps=40, learning_rate=3e-2)
+    result = baselines.train_exits(config)
+    assert result.step == 40 and len(_losses(root / "deebert")) == 40
     after = _objective(module, result.params, train, "deebert")
     assert after < before - 0.08, (before, after)  # 1.386 -> 1.226 here.
     frozen = {k: params[k] for k in ("bert", "classifier")}
@@ -226,16 +242,39 @@ def test_deebert_training_lowers_the_internal_loss_and_freezes_the_rest(workspac
 
 
 def test_pabee_training_trains_everything_jointly(workspace):
-    _, model_dir, train = workspace
+    root, model_dir, train = workspace
     module, params = baselines.load_multi_exit(model_dir, head="shared_pooler")
     before = _objective(module, params, train, "pabee")
-    config = baselines.ExitTrainConfig(mode="pabee", max_steps=20, epochs=100, batch_size=16,
-                                       learning_rate=1e-2, warmup_ratio=0.0, dropout=False)
-    result = baselines.train_exits(module, params, train, config)
+    result = baselines.train_exits(_exit_config(root, model_dir, "pabee", mode="pabee", max_steps=20,
+                                                learning_rate=1e-2))
     after = _objective(module, result.params, train, "pabee")
     assert after < before - 0.02, (before, after)  # 0.702 -> 0.655 here.
     for part in ("bert", "classifier", "internal_classifiers"):
         assert not _leaves_equal(params[part], result.params[part]), part
+    saved_module, saved = baselines.load_multi_exit(result.model_dir)
+    assert saved_module.head == "shared_pooler" and _leaves_equal(saved, result.params)
+
+
+@pytest.mark.parametrize("mode", baselines.TRAIN_MODES)
+def test_exit_training_resumes_after_sigterm_to_bitwise_the_same_parameters(workspace, mode):
+    root, model_dir, _ = workspace
+    common = dict(mode=mode, max_steps=7, learning_rate=1e-2, dropout=True, checkpoint_every=100)
+    full = baselines.train_exits(_exit_config(root, model_dir, f"{mode}-full", **common))
+
+    def term_at_3(step, _):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = baselines.train_exits(_exit_config(root, model_dir, f"{mode}-term", **common), on_step=term_at_3)
+    assert stopped.status == "preempted" and stopped.step == 3 and stopped.model_dir is None
+    out = root / f"{mode}-term"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
+    resumed = baselines.train_exits(_exit_config(root, model_dir, f"{mode}-term", **common))
+    assert resumed.status == "finished" and resumed.step == 7
+    jax.tree_util.tree_map(np.testing.assert_array_equal, full.params, resumed.params)
+    assert [r for r in _losses(out)] == _losses(root / f"{mode}-full")  # Each step logged once, as uninterrupted.
+    with pytest.raises(configs.ResumeMismatchError, match="max_steps"):
+        baselines.train_exits(_exit_config(root, model_dir, f"{mode}-term", **{**common, "max_steps": 9}))
 
 
 def test_losses_are_the_documented_weighted_sums():

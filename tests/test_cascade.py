@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cascade_jax import cascade, models
+from cascade_jax import cascade, flops, models
 
 SEQ_LEN = 12
 N_EXAMPLES = 33
@@ -366,11 +366,11 @@ def test_macs_against_a_hand_count():
     )
     assert per_layer == 1280 + 400 + 960
     heads = 8 * 8 + 8 * 3  # pooler on [CLS], classifier
-    assert cascade.bert_macs(cfg, seq) == 2 * per_layer + heads == 5368
-    assert cascade.bert_flops(cfg, seq) == 2 * 5368
-    parts = cascade.bert_macs_breakdown(cfg, seq)
+    assert flops.bert_macs(cfg, seq) == 2 * per_layer + heads == 5368
+    assert flops.bert_flops(cfg, seq) == 2 * 5368
+    parts = flops.bert_macs_breakdown(cfg, seq)
     assert parts["embeddings"] == 0 and parts["pooler"] == 64 and parts["classifier"] == 24
-    np.testing.assert_array_equal(cascade.bert_macs(cfg, np.array([5, 9])), [5368, cascade.bert_macs(cfg, 9)])
+    np.testing.assert_array_equal(flops.bert_macs(cfg, np.array([5, 9])), [5368, flops.bert_macs(cfg, 9)])
 
 
 def _dot_general_macs(jaxpr):
@@ -398,7 +398,7 @@ def test_macs_match_the_model_matmuls(layers, seq):
     ids = jax.ShapeDtypeStruct((1, seq), jnp.int32)
     jaxpr = jax.make_jaxpr(models.logits_fn(module))(params, {"input_ids": ids, "attention_mask": ids,
                                                                "token_type_ids": ids})
-    assert _dot_general_macs(jaxpr.jaxpr) == cascade.bert_macs(cfg, seq)
+    assert _dot_general_macs(jaxpr.jaxpr) == flops.bert_macs(cfg, seq)
 
 
 # ---------------------------------------------------------------------------------------------------------------

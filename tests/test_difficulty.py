@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from cascade_jax import data, difficulty, metrics, models, parallel
+from cascade_jax import configs, data, difficulty, metrics, models, parallel
 from tests import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,11 +35,12 @@ def workspace(tmp_path_factory):
 
 def config(workspace, name, **kw):
     root, model, folder = workspace
-    base = dict(output_dir=str(root / name), model=str(model), task="rotten_tomatoes", source=str(folder),
-                folds=FOLDS, seeds=SEEDS, epochs=4, batch_size=8, learning_rate=1e-2, max_length=16,
-                eval_batch_size=16, progress=False, log_every=3, dropout=False)
+    base = {"output_dir": str(root / name), "model.name": str(model), "task": "rotten_tomatoes",
+            "source": str(folder), "folds": FOLDS, "seeds": SEEDS, "epochs": 4, "batch_size": 8,
+            "learning_rate": 1e-2, "max_length": 16, "eval_batch_size": 16, "progress": False, "log_every": 3,
+            "dropout": False}
     base.update(kw)
-    return difficulty.LabelConfig(**base)
+    return configs.create(difficulty.LabelConfig, base)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_vmapped_members_equal_separate_runs_of_the_same_step(workspace, full_ru
             else:
                 np.testing.assert_allclose(a[i], b, rtol=0, atol=1e-5, err_msg=name)
         # Lock-step padding: a member with fewer examples skipped its all-padding steps (step counter unchanged).
-        own = data.steps_per_epoch(len(member.train_positions), plan.config.batch_size)
+        own = data.steps_per_epoch(len(member.train_positions), plan.config.optim.batch_size)
         assert int(together.step[i]) == int(alone.step) == own * plan.total_steps // plan.steps_per_epoch
 
     # The same through the whole pipeline (without dropout): --sequential labels equal the vmapped run's.
@@ -261,7 +262,7 @@ def test_cli_help_explains_the_options():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for option in ("--model", "--num-layers", "--task", "--source", "--folds", "--seeds", "--epochs", "--lr",
-                   "--batch-size", "--max-length", "--chunk", "--output-dir", "--backend", "--subset",
+                   "--batch-size", "--max-length", "--chunk", "--output-dir", "--backend", "--train-subset",
                    "--no-progress"):
         assert option in proc.stdout, option
 
@@ -272,12 +273,12 @@ def test_cli_help_explains_the_options():
 DEVICES_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from cascade_jax import difficulty, parallel
+from cascade_jax import configs, difficulty, parallel
 assert jax.device_count() == 2, jax.devices()
-base = json.loads(sys.argv[1])
+base = configs.from_dict(difficulty.LabelConfig, json.loads(sys.argv[1]))
 out = {}
 for backend in ("shard_map", "pmap"):
-    cfg = difficulty.LabelConfig(**{**base, "output_dir": base["output_dir"] + "-" + backend, "backend": backend})
+    cfg = configs.override(base, {"output_dir": base.output_dir + "-" + backend, "backend": backend})
     result = difficulty.label_difficulty(cfg, dp=parallel.DataParallel(backend))
     with np.load(result.output_dir / "groups" / "000" / "predictions.npz") as f:
         out[backend] = f["logits"].tolist()
@@ -286,7 +287,7 @@ print(json.dumps(out))
 
 
 def test_members_split_over_devices_match_one_device(workspace, full_run):
-    cfg = config(workspace, "devices").to_dict()
+    cfg = configs.to_dict(config(workspace, "devices"))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 
-from cascade_jax import checkpoints, data, models, trainer
+from cascade_jax import checkpoints, configs, data, models, trainer
 from tests import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ if spec["num_processes"] > 1:
     parallel.initialize_distributed(spec["coordinator"], spec["num_processes"], spec["process_id"],
                                     initialization_timeout=120)
 import jax, numpy as np
-from cascade_jax import data, trainer
+from cascade_jax import configs, data, trainer
 
 out = os.path.abspath(spec["output_dir"])
 writes = set()
@@ -64,8 +64,8 @@ def recording_process_rows(batch, *a, **k):
 
 data.process_rows = recording_process_rows  # trainer calls data.process_rows(...)
 
-cfg = trainer.TrainConfig(**{k: v for k, v in spec["config"].items() if k != "loss"},
-                          loss=trainer.LossConfig(**spec["config"]["loss"]))
+cfg = configs.create(trainer.TrainConfig, {**{k: v for k, v in spec["config"].items() if k != "loss"},
+                                           "loss": trainer.LossConfig(**spec["config"]["loss"])})
 first = {}
 
 def on_step(step, m):
@@ -144,9 +144,8 @@ def restore_last_state(run_dir: pathlib.Path, model: pathlib.Path):
     """The latest checkpointed TrainState of a run (restored here, in one process) and its meta."""
     _, params = models.from_pretrained(model, num_labels=2)
     params = jax.device_get(params)
-    tx = trainer.make_optimizer(trainer.TrainConfig(output_dir=str(run_dir)), STEPS)
-    target = trainer.TrainState(step=np.asarray(0, np.int32), params=params, opt_state=jax.device_get(tx.init(params)),
-                                rng=np.zeros(2, np.uint32))
+    tx, _ = configs.make_optimizer(configs.OptimConfig(max_steps=STEPS), STEPS * BATCH)
+    target = trainer.new_state(params, tx, 0)
     ckpt = checkpoints.Checkpoints(run_dir)
     try:
         state, meta = ckpt.restore_state(target)
@@ -168,7 +167,8 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
                                   for i in ids))
 
     def spec(name, pid, nproc, coordinator=None, term_process=-1):
-        config = dict(output_dir=str(tmp_path / name), model=str(model), task="rotten_tomatoes", source=str(folder),
+        config = {"output_dir": str(tmp_path / name), "model.name": str(model)}
+        config.update(task="rotten_tomatoes", source=str(folder),
                       batch_size=BATCH, max_steps=STEPS, learning_rate=1e-3, max_length=32, dropout=False,
                       progress=False, log_every=1, eval_every=2, checkpoint_every=2, keep_checkpoints=5,
                       difficulty_file=str(difficulty),
@@ -214,13 +214,13 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
 
     # Only process 0 wrote the run's own files; both took part in the (collective) orbax saves.
     run_dir = tmp_path / "two"
-    top = [{w.split(os.sep)[0] for w in r["writes"]} for r in multi]
+    top = [{w.split(os.sep)[0].removesuffix(".tmp") for w in r["writes"]} for r in multi]  # Atomic writes.
     assert {"config.json", "metrics.jsonl", "summary.json", "model", "tensorboard"} <= top[0], top[0]
     assert top[1] <= {"checkpoints", "best"}, f"process 1 wrote {sorted(multi[1]['writes'])}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == list(range(1, STEPS + 1)), train_steps  # One writer, and no step twice.
-    assert json.loads((run_dir / "config.json").read_text())["batch_size"] == BATCH
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["batch_size"] == BATCH
 
     # Checkpoints at 2, the SIGTERM step, 4 and 6 plus the best dev one; restored here in one process, the last
     # state (parameters and Adam moments) matches the reference run's, and the best is what fit returned.
@@ -242,7 +242,8 @@ def test_pmap_backend_averages_over_the_devices_of_every_process(tmp_path):
     model = tiny.make_model_dir(tmp_path / "model", layers=1, hidden=32)
     folder = tiny.make_sentiment_folder(tmp_path / "data", n_train=32, n_dev=16)
     coordinator = f"127.0.0.1:{free_port()}"
-    config = dict(output_dir=str(tmp_path / "run"), model=str(model), task="rotten_tomatoes", source=str(folder),
+    config = {"output_dir": str(tmp_path / "run"), "model.name": str(model)}
+    config.update(task="rotten_tomatoes", source=str(folder),
                   batch_size=BATCH, max_steps=2, learning_rate=1e-3, max_length=32, dropout=False, progress=False,
                   log_every=1, backend="pmap", loss=dict(kind="ce"))
     multi = launch([(dict(config=config, process_id=i, num_processes=2, coordinator=coordinator,

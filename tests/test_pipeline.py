@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from cascade_jax import pipeline
+from cascade_jax import configs, pipeline
 from tests import tiny
 
 
@@ -16,15 +16,18 @@ def finished_run(tmp_path_factory):
     small = tiny.make_model_dir(root / "small", layers=1, hidden=32, seed=1)
     large = tiny.make_model_dir(root / "large", layers=2, hidden=32, seed=2)
     folder = tiny.make_sentiment_folder(root / "data", n_train=64, n_dev=32, n_test=32)
-    config = pipeline.PipelineConfig(
-        output_dir=str(root / "run"), preset="miniature", cuts="everything (a test)", task="rotten_tomatoes",
-        source=str(folder), small_model=str(small), large_model=str(large), trunc_layers=1, bert_kl_layers=(1,),
-        max_length=32, batch_size=16, label_folds=2, label_seeds=2, label_epochs=1.0, label_learning_rate=3e-3,
-        epochs=2.0, learning_rate=3e-3, shallow_epochs=3.0, shallow_learning_rate=1e-3, margins=(0.3, 0.5),
-        exit_epochs=1.0, exit_learning_rate=3e-3,
-        targets=(1.2, 1.6), sweep_points=5, eval_batch_size=16, wallclock_batch_sizes=(16,), wallclock_repeats=1,
-        progress=False,
-    )
+    config = configs.create(pipeline.PipelineConfig, {
+        "output_dir": str(root / "run"), "preset": "miniature", "cuts": "everything (a test)",
+        "task": "rotten_tomatoes", "source": str(folder), "small_model": str(small), "large_model": str(large),
+        "trunc_layers": 1, "bert_kl_layers": (1,), "max_length": 32,
+        "labels.folds": 2, "labels.seeds": 2, "labels.optim": configs.OptimConfig(epochs=1.0, batch_size=16,
+                                                                                    learning_rate=3e-3),
+        "members": configs.OptimConfig(epochs=2.0, batch_size=16, learning_rate=3e-3),
+        "shallow": configs.OptimConfig(epochs=3.0, batch_size=16, learning_rate=1e-3),
+        "exits": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3), "dar.margins": (0.3, 0.5),
+        "eval.targets": (1.2, 1.6), "eval.sweep_points": 5, "eval.batch_size": 16,
+        "eval.wallclock_batch_sizes": (16,), "eval.wallclock_repeats": 1, "progress": False,
+    })
     lines = []
     spent = pipeline.run(config, log=lines.append)
     return config, lines, spent
@@ -39,7 +42,7 @@ def test_every_stage_ran_and_wrote_its_outputs(finished_run):
         assert (out / "members" / name / "model" / "model.safetensors").exists(), name
     assert (out / "baselines" / "bert-1L" / "model" / "model.safetensors").exists()
     for name in ["deebert", "pabee"]:
-        assert (out / "baselines" / name / "config.json").exists(), name
+        assert (out / "baselines" / name / "model" / "config.json").exists(), name
     doc = json.loads((out / "report" / "results.json").read_text())
     methods = {s["method"] for s in doc["selected"]}
     assert {"DeeBERT", "PABEE", "BERT-1L", "BERT-2L (large member)"} <= methods
@@ -51,7 +54,7 @@ def test_every_stage_ran_and_wrote_its_outputs(finished_run):
     # The truncated models train with the shallow settings, the complete members with the members' settings.
     for run_dir, epochs, lr in [(out / "baselines" / "bert-1L", 3.0, 1e-3), (out / "members" / "large-1L-kd", 3.0, 1e-3),
                                 (out / "members" / "large", 2.0, 3e-3)]:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = json.loads((run_dir / "config.json").read_text())["optim"]
         assert (saved["epochs"], saved["learning_rate"]) == (epochs, lr), run_dir
     assert any("rest ~" in line or "running" in line for line in lines)
 
@@ -88,6 +91,8 @@ def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):
 def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         pipeline.make_config("fast", str(tmp_path))
+    with pytest.raises(ValueError, match="no setting 'epochz'"):
+        pipeline.make_config("quick", str(tmp_path), {"epochz": 3})
     with pytest.raises(ValueError, match="unknown stage"):
         pipeline.run(pipeline.make_config("quick", str(tmp_path)), only=("labels", "nope"))
 

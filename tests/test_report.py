@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from cascade_jax import cascade, metrics, report, trainer
+from cascade_jax import cascade, configs, metrics, report, trainer
 from eval import evaluate_cascade
 from tests import tiny
 
@@ -28,7 +28,7 @@ def _sim(stage1=STAGE1, stage2=STAGE2, layers=(1, 3)):
 
 
 def _curve(**kw):
-    return report.CascadeCurve(_sim(), LABELS, "accuracy", flops_per_stage=[1.0, 3.0], split="dev", **kw)
+    return report.Curve.cascade(_sim(), LABELS, "accuracy", flops_per_stage=[1.0, 3.0], split="dev", **kw)
 
 
 def test_cascade_points_by_hand():
@@ -58,7 +58,7 @@ def test_cascade_grid_and_sweep_span_both_extremes():
     assert len(points) == len(grid)
     assert points[0].layer_speedup == 3.0 and points[-1].layer_speedup == 0.75
     assert [p.param for p in report.sweep(curve, [0.1, 0.95])] == [0.1, 0.95]
-    entropy_grid = report.CascadeCurve(_sim(), LABELS, exit_rule="entropy").grid(2)
+    entropy_grid = report.Curve.cascade(_sim(), LABELS, exit_rule="entropy").grid(2)
     assert entropy_grid[0] == 0.0 and entropy_grid[-1] > 1.0
 
 
@@ -77,18 +77,18 @@ def test_early_exit_and_static_curves_by_hand():
     # 3 layers, 2 examples. Example 0 predicts 0,0,1 ; example 1 predicts 1,1,1 (label 1 for both).
     logits = np.array([[[2, 0], [0, 2]], [[2, 0], [0, 3]], [[0, 2], [0, 4]]], np.float32)
     labels = np.array([1, 1])
-    pabee = report.EarlyExitCurve(logits, labels, rule="patience", name="PABEE")
+    pabee = report.Curve.early_exit(logits, labels, rule="patience", name="PABEE")
     assert pabee.grid() == [0, 1, 2] and pabee.param_name == "patience"
     p1 = pabee.point(1)  # Example 0 agrees at layer 2 (wrong, 0); example 1 at layer 2 (right).
     assert p1.mean_layers == 2.0 and p1.layer_speedup == 1.5 and p1.metric == 0.5
     assert p1.exit_shares == (0.0, 1.0, 0.0) and p1.flops_speedup is None
     p2 = pabee.point(2)
     assert p2.layer_speedup == 1.0 and p2.metric == 1.0
-    deebert = report.EarlyExitCurve(logits, labels, rule="max_prob", exit_costs=[1.0, 2.0, 3.0],
+    deebert = report.Curve.early_exit(logits, labels, rule="max_prob", exit_costs=[1.0, 2.0, 3.0],
                                     reference_flops=2.5, name="DeeBERT")
     d = deebert.point(0.95)  # Max probs: 2 vs 0 -> .881, 3 vs 0 -> .953: example 1 exits at layer 2, example 0 last.
     assert d.exit_shares == (0.0, 0.5, 0.5) and d.flops_speedup == pytest.approx(2.5 / 2.5)
-    static = report.StaticCurve(logits[0], labels, num_layers=1, reference_layers=3, flops=1.0, reference_flops=3.0)
+    static = report.Curve.static(logits[0], labels, num_layers=1, reference_layers=3, flops=1.0, reference_flops=3.0)
     s = static.point()
     assert (s.param, s.layer_speedup, s.flops_speedup, s.metric) == (1, 3.0, 3.0, 0.5)
     assert s.exit_shares == (1.0, 0.0, 0.0) and static.grid() == [1]
@@ -121,7 +121,7 @@ def test_select_point_rules():
 
 def test_operating_points_choose_on_dev_and_apply_on_test():
     dev = _curve()
-    test = report.CascadeCurve(_sim(stage1=STAGE2, stage2=STAGE1), LABELS, "accuracy", split="test")
+    test = report.Curve.cascade(_sim(stage1=STAGE2, stage2=STAGE1), LABELS, "accuracy", split="test")
     chosen = report.operating_points(dev, test, [1.2, 5.0], num=3)
     assert [s.target for s in chosen] == [1.2, 5.0]
     assert chosen[0].reached and chosen[0].dev.metric == 1.0 and chosen[0].dev.layer_speedup >= 1.2
@@ -183,19 +183,21 @@ def test_entry_point_end_to_end(tmp_path, capsys):
     members = []
     for name, layers in (("small", 1), ("large", 2)):
         init = tiny.make_model_dir(tmp_path / f"init-{name}", layers=layers, hidden=32)
-        fit = trainer.fit(trainer.TrainConfig(
-            output_dir=str(tmp_path / name), model=str(init), source=str(folder), max_length=32, buckets=(32,),
-            batch_size=16, learning_rate=3e-3, max_steps=2, eval_every=2, log_every=2, progress=False))
+        fit = trainer.fit(configs.create(trainer.TrainConfig, {
+            "output_dir": str(tmp_path / name), "model.name": str(init), "source": str(folder), "max_length": 32,
+            "buckets": (32,), "batch_size": 16, "learning_rate": 3e-3, "max_steps": 2, "eval_every": 2,
+            "log_every": 2, "progress": False}))
         members.append(str(fit.model_dir))
     common = ["--source", str(folder), "--max-length", "32"]
     # One multi-exit model serves as both DeeBERT and PABEE here (PABEE's joint training is tested in
     # test_baselines; compiling it again would double this test's time).
     assert evaluate_cascade.main(["train-exits", "--model", members[1], "--mode", "deebert", "--max-steps", "2",
-                                  "--batch-size", "16", "--output-dir", str(tmp_path / "exits"), *common]) == 0
-    assert (tmp_path / "exits" / "train_exits.json").exists()
+                                  "--batch-size", "16", "--output-dir", str(tmp_path / "exits"), "--no-progress",
+                                  *common]) == 0
+    assert (tmp_path / "exits" / "summary.json").exists()
     out = tmp_path / "report"
-    argv = ["evaluate", "--cascade", *members, "--static", members[0], "--deebert", str(tmp_path / "exits"),
-            "--pabee", str(tmp_path / "exits"), "--split", "test", "--tune-split", "validation",
+    exits = str(tmp_path / "exits" / "model")
+    argv = ["evaluate", "--cascade", *members, "--static", members[0], "--deebert", exits, "--pabee", exits, "--split", "test", "--tune-split", "validation",
             "--target-speedup", "1.2", "--sweep-points", "4", "--batch-size", "8", "--output-dir", str(out), *common]
     capsys.readouterr()
     assert evaluate_cascade.main(argv) == 0

@@ -1,37 +1,98 @@
-"""Command-line pieces shared by the training entry points (finetune, label_difficulty)."""
+"""Command-line flags generated from the config dataclasses (each default is written once, in the dataclass), and
+the pieces every entry point shares: the multi-process flags, clean error messages, exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import types
+import typing
+from typing import Any, Callable
 
-from cascade_jax import data
+from cascade_jax import configs
 
-
-def add_model_data_args(g: argparse._ArgumentGroup, *, model_help: str) -> None:
-    """--model, --num-layers, --task, --source, --max-length."""
-    g.add_argument("--model", default="minilm-l3", help=model_help)
-    g.add_argument("--num-layers", type=int, default=None, help="keep only the first k layers (BERT-kL)")
-    g.add_argument("--task", default="rotten_tomatoes", help=f"one of: {', '.join(sorted(data.TASKS))}")
-    g.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in/hub)")
-    g.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+_PREFIX = "cfg:"
 
 
-def add_optimizer_args(g: argparse._ArgumentGroup, *, epochs_help: str, steps_help: str, batch_help: str) -> None:
-    """--epochs, --max-steps, --batch-size, --lr, --warmup-ratio, --weight-decay, --max-grad-norm, --dtype."""
-    g.add_argument("--epochs", type=float, default=3.0, help=epochs_help)
-    g.add_argument("--max-steps", type=int, default=None, help=steps_help)
-    g.add_argument("--batch-size", type=int, default=32, help=batch_help)
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW, linear warm-up and decay)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="not applied to LayerNorm and biases")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="global-norm gradient clipping")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+def _base_type(tp):
+    """``int | None`` -> int; ``tuple[int, ...]`` -> (tuple, int)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        return tuple, typing.get_args(tp)[0]
+    return tp, None
 
 
-def add_run_args(g: argparse._ArgumentGroup, *, log_help: str) -> None:
-    """--log-every, --no-progress, and the multi-process flags (see :func:`maybe_initialize_distributed`)."""
-    g.add_argument("--log-every", type=int, default=10, help=log_help)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+def _flag_names(cls, flat_sections: tuple[str, ...] | None) -> dict[str, str]:
+    """``{dotted path: flag}``: a leaf's own name where it is unique in ``cls`` (and its section is in
+    ``flat_sections``, when given), else its dotted path."""
+    paths = configs.leaves(cls)
+    counts: dict[str, int] = {}
+    for p in paths:
+        leaf = p.rsplit(".", 1)[-1]
+        counts[leaf] = counts.get(leaf, 0) + 1
+    out = {}
+    for p in paths:
+        leaf = p.rsplit(".", 1)[-1]
+        section = p.split(".")[0] if "." in p else ""
+        flat = counts[leaf] == 1 and (flat_sections is None or section == "" or section in flat_sections)
+        out[p] = (leaf if flat else p).replace("_", "-")
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (),
+                     flat_sections: tuple[str, ...] | None = None, titles: dict[str, str] | None = None,
+                     defaults: dict[str, Any] | None = None, default_label: str = "default") -> None:
+    """One flag per leaf setting of ``cls`` (a config dataclass), grouped by section. Flags left out keep the
+    dataclass default (or ``defaults``, e.g. a preset's values, shown in the help as ``default_label``);
+    :func:`config_overrides` collects the ones given."""
+    names = _flag_names(cls, flat_sections)
+    shown_defaults = {**configs.defaults(cls), **(defaults or {})}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for path, (f, tp) in configs.leaves(cls).items():
+        if path in exclude:
+            continue
+        section = path.split(".")[0] if "." in path else ""
+        title = (titles or {}).get(section, section or "run")
+        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        name = names[path]
+        flat = "." not in name
+        if flat and f.metadata.get("flag"):
+            name = f.metadata["flag"]  # A short name that says more (--lr, --model, --loss).
+        base, item = _base_type(tp)
+        default = shown_defaults[path]
+        help_text = f.metadata.get("help", "")
+        kw: dict[str, Any] = {"dest": _PREFIX + path, "default": argparse.SUPPRESS}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            help_text += f" ({default_label}: {'on' if default else 'off'})"
+        else:
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text += " (required)" if default == "" else f" ({default_label}: {shown})"
+            kw["metavar"] = path.rsplit(".", 1)[-1].upper()
+            kw["type"] = item if base is tuple else base
+            if base is tuple:
+                kw["nargs"] = "+"
+            if f.metadata.get("choices"):
+                kw["choices"] = list(f.metadata["choices"])
+        if "choices" in kw:
+            kw.pop("metavar")
+        group.add_argument(f"--{name}", help=help_text.replace("%", "%%"), **kw)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{dotted path: value}`` of the config flags given on the command line."""
+    out = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(_PREFIX):
+            out[dest[len(_PREFIX):]] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """--distributed and its three explicit settings (see :func:`maybe_initialize_distributed`)."""
+    g = parser.add_argument_group("multi-process runs")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process run first (jax.distributed.initialize; gloo collectives on CPU). "
                         "SLURM, Open MPI, Kubernetes and Cloud TPU are detected; elsewhere give the three below")
@@ -47,3 +108,59 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
         from cascade_jax import parallel
 
         parallel.initialize_distributed(*manual)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what went wrong and what to do: printed as they are, without a traceback."""
+    from cascade_jax import data, models
+
+    return (configs.ConfigError, data.DataError, data.DataFileNotFoundError, data.HubUnavailableError,
+            models.ModelLoadError, FileNotFoundError)
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run an entry point's ``body``; a user error prints ``prog: message`` on stderr and exits 2."""
+    try:
+        return body()
+    except user_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def config_command(prog: str, doc: str, cls, *, titles: dict[str, str], required: dict[str, str],
+                   run: Callable[[Any], tuple[Any, dict]]) -> Callable[[list[str] | None], int]:
+    """A ``main(argv)`` for an entry point that builds a ``cls`` config from its flags (``required``: dotted path ->
+    flag) and runs it: ``run(config) -> (result, summary)``. A pre-empted result (``status == "preempted"``) says how
+    to resume; a finished one prints ``summary`` as JSON."""
+    import json
+
+    def build_parser() -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_flags(p, cls, titles=titles)
+        add_distributed_flags(p)
+        return p
+
+    def main(argv: list[str] | None = None) -> int:
+        args = build_parser().parse_args(argv)
+        name = prog.rsplit(".", 1)[-1]
+
+        def body() -> int:
+            overrides = config_overrides(args)
+            for key, flag in required.items():
+                if key not in overrides:
+                    raise configs.ConfigError(f"{flag} is required")
+            config = configs.create(cls, overrides)
+            maybe_initialize_distributed(args)
+            result, summary = run(config)
+            if result.status == "preempted":
+                print(f"{name}: stopped by SIGTERM or Ctrl-C; checkpoint saved in {config.output_dir}. Run the same "
+                      f"command again to resume.", file=sys.stderr)
+                return 0
+            print(json.dumps(summary, indent=2))
+            return 0
+
+        return run_cli(name, body)
+
+    main.build_parser = build_parser
+    return main

@@ -16,7 +16,8 @@ Modules: :mod:`.tasks` (registry), :mod:`.readers` (files), :mod:`.sources` (``l
 (tokenisation and cache), :mod:`.side` (``join_by_id``), :mod:`.batching` (batches), :mod:`.errors`.
 """
 
-from cascade_jax.data.batching import (DEFAULT_BUCKETS, bucket_length, bucket_set, device_layout, epoch_permutation,
+from cascade_jax.data.batching import (DEFAULT_BUCKETS, batches_from_step, bucket_length, bucket_set, device_layout,
+                                       epoch_permutation,
                                        eval_batches, make_batch, process_rows, steps_per_epoch, train_batch_indices,
                                        train_batches)
 from cascade_jax.data.encode import (Encoded, cache_key, default_cache_root, encode, encode_split, load_tokenizer,
@@ -29,7 +30,7 @@ from cascade_jax.data.sources import load_split, locate_source, movie_split, sou
 from cascade_jax.data.tasks import TASKS, Task, get_task, resolve_split
 
 __all__ = [
-    "DEFAULT_BUCKETS", "SIDE_COLUMNS", "TASKS", "BadRowError", "CoverageError", "DataError",
+    "DEFAULT_BUCKETS", "SIDE_COLUMNS", "batches_from_step", "TASKS", "BadRowError", "CoverageError", "DataError",
     "DataFileNotFoundError", "DecodeError", "Encoded", "HubUnavailableError", "LabelError", "MissingColumnError",
     "Task", "UnknownSplitError", "UnknownTaskError", "bucket_length", "bucket_set", "cache_key",
     "default_cache_root", "device_layout", "encode", "encode_split", "epoch_permutation", "eval_batches",

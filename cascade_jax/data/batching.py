@@ -122,6 +122,19 @@ def train_batches(enc: Encoded, batch_size: int, *, seed: int, epoch: int, start
         yield make_batch(enc, idx, batch_size, buckets=buckets, extras=extras)
 
 
+def batches_from_step(enc: Encoded, batch_size: int, *, seed: int, start_step: int = 0,
+                      buckets: Sequence[int] = DEFAULT_BUCKETS, extras: Sequence[str] = ()) -> Iterator[Batch]:
+    """Every training batch from global step ``start_step`` on, epoch after epoch without end: the batch of step
+    ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (:func:`train_batches`), so a resumed
+    run sees exactly the batches of one never interrupted."""
+    spe = steps_per_epoch(len(enc), batch_size)
+    epoch, in_epoch = divmod(start_step, spe)
+    while True:
+        yield from train_batches(enc, batch_size, seed=seed, epoch=epoch, start_step=in_epoch, buckets=buckets,
+                                 extras=extras)
+        epoch, in_epoch = epoch + 1, 0
+
+
 def eval_batches(enc: Encoded, batch_size: int, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  extras: Sequence[str] = ()) -> Iterator[Batch]:
     """Every example exactly once, in order; the last batch is padded with ``valid=False`` rows."""

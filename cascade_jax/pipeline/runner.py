@@ -1,0 +1,78 @@
+"""Running the pipeline: the stages in order, each skipped when its marker says it finished, resumable."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from cascade_jax import configs
+from cascade_jax.pipeline.config import EVAL_SECTION, RESUME_FREE, PipelineConfig
+from cascade_jax.pipeline.layout import CONFIG_FILE, RunLayout
+
+STAGE_ORDER = ("labels", "small-ce", "small-dar", "large", "trunc-kd", "bert-kl", "deebert", "pabee", "evaluate")
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def stage_done(layout: RunLayout, name: str) -> bool:
+    """Whether stage ``name`` finished: its marker exists and holds what a finished stage writes."""
+    marker = layout.marker(name)
+    if not marker.exists():
+        return False
+    try:
+        return isinstance(json.loads(marker.read_text()).get("seconds"), (int, float))
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def check_config(config: PipelineConfig, log: Callable[[str], None]) -> None:
+    """Refuse to reuse a run folder made with other settings; when only the evaluation settings changed, the
+    evaluate stage runs again."""
+    layout = RunLayout(config.output_dir)
+    evaluation = tuple(p for p in configs.leaves(PipelineConfig) if p.startswith(EVAL_SECTION + "."))
+    configs.check_resume(layout.root, CONFIG_FILE, config, free=RESUME_FREE + evaluation)
+    if layout.config_file.exists():
+        saved = json.loads(layout.config_file.read_text())
+        if configs.differences(saved.get(EVAL_SECTION, {}), configs.to_dict(config)[EVAL_SECTION]):
+            layout.marker("evaluate").unlink(missing_ok=True)
+            log("the evaluation settings changed: the evaluate stage runs again")
+
+
+def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
+        only: tuple[str, ...] | None = None) -> dict:
+    """Run the stages not yet done (``only``: a subset of :data:`STAGE_ORDER`); returns ``{stage: seconds}``.
+
+    A stage that finished earlier is skipped; an interrupted one resumes from its own checkpoints. ``log`` receives
+    a line per stage. A folder holding a run with other settings raises :class:`configs.ResumeMismatchError`.
+    """
+    from cascade_jax.pipeline.evaluate import stage_evaluate
+    from cascade_jax.pipeline.stages import TRAINING_STAGES
+
+    unknown = set(only or ()) - set(STAGE_ORDER)
+    if unknown:
+        raise configs.ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {STAGE_ORDER}")
+    layout = RunLayout(config.output_dir)
+    check_config(config, log)
+    configs.write(layout.root, CONFIG_FILE, config)
+    names = [n for n in STAGE_ORDER if only is None or n in only]
+    start = time.perf_counter()
+    spent: dict[str, float] = {}
+    for i, name in enumerate(names, 1):
+        if stage_done(layout, name):
+            log(f"[{i}/{len(names)}] {name}: done earlier, skipped ({layout.marker(name)})")
+            continue
+        log(f"[{i}/{len(names)}] {name}: running (elapsed {minutes(time.perf_counter() - start)})")
+        t0 = time.perf_counter()
+        if name == "evaluate":
+            stage_evaluate(config, log)
+        else:
+            TRAINING_STAGES[name](config)
+        spent[name] = time.perf_counter() - t0
+        marker = layout.marker(name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"stage": name, "seconds": spent[name], "finished": time.time()}) + "\n")
+        log(f"[{i}/{len(names)}] {name}: finished in {minutes(spent[name])}")
+    return spent
