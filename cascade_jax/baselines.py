@@ -1,11 +1,12 @@
-"""The paper's early-exit baselines, DeeBERT and PABEE: a classifier after every layer, trained and evaluated.
+"""The paper's early-exit baselines, DeeBERT, PABEE and FastBERT: a classifier after every layer, trained and
+evaluated.
 
-  MultiExitBert(config, head="pooler" | "shared_pooler")     # apply(...) -> logits [num_layers, B, C]
+  MultiExitBert(config, head="pooler" | "shared_pooler" | "fastbert")     # apply(...) -> logits [num_layers, B, C]
   load_multi_exit(model_dir, head=None, seed=0) / save_multi_exit(module, params, directory)
-  train_exits(ExitTrainConfig(output_dir, model=ModelConfig(fine-tuned dir), mode="deebert" | "pabee"))
+  train_exits(ExitTrainConfig(output_dir, model=ModelConfig(fine-tuned dir), mode="deebert" | "pabee" | "fastbert"))
   predict_exit_logits(module, params, enc) -> [num_layers, N, C]
   exit_result(logits, rule, param) -> cascade.CascadeResult     # rule: "entropy", "max_prob" or "patience"
-  patience_exit_layers(logits, patience) -> [N]                 # PABEE's own rule
+  patience_exit_layers(logits, patience) -> [N]                 # PABEE's own rule (cascade.patience_exits)
 
 A multi-exit model is evaluated as a cascade whose stages are its layers (:meth:`cascade.CascadeSimulation.
 from_logits`), so DeeBERT's confidence exits are the cascade's exit rule; only PABEE's patience needs its own code.
@@ -26,15 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cascade_jax import cascade, checkpoints, configs, data, losses, models, parallel, trainer
+from cascade_jax import cascade, configs, data, losses, models, parallel, trainer, xla
 from cascade_jax.configs import DataConfig, ModelConfig, OptimConfig, RunConfig, section
-from cascade_jax.loop import Every
-from cascade_jax.run_log import RunLog
 
-HEAD_KINDS = ("pooler", "shared_pooler")
-EXIT_RULES = ("entropy", "max_prob", "patience")
-TRAIN_MODES = ("deebert", "pabee")
-DEFAULT_HEAD = {"deebert": "pooler", "pabee": "shared_pooler"}
+HEAD_KINDS = ("pooler", "shared_pooler", "fastbert")
+EXIT_RULES = cascade.EXIT_METHOD_RULES
+TRAIN_MODES = ("deebert", "pabee", "fastbert")
+DEFAULT_HEAD = {"deebert": "pooler", "pabee": "shared_pooler", "fastbert": "fastbert"}
+FASTBERT_HIDDEN = 128  # FastBERT's student classifier width and attention heads (its code: 128 and 2).
+FASTBERT_HEADS = 2
 CONFIG_FILE = "exit_config.json"
 
 _HEADS_FILE = "internal_classifiers.safetensors"
@@ -55,13 +56,47 @@ def _dropout_rate(c: models.BertConfig) -> float:
     return c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
 
 
+class _FastBertHead(nn.Module):
+    """FastBERT's student classifier (its code's ``Classifier``): ``tanh(W_0 h)`` to 128 dimensions at every
+    position, one multi-head self-attention over the positions (keys masked by ``attention_mask``; query, key and
+    value projections, softmax, dropout on the probabilities, output projection), then at [CLS]
+    ``W_2 tanh(W_1 a_[CLS])``. Only the [CLS] query is computed, since only its output is read (the same output
+    as attending from every position)."""
+
+    config: models.BertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, state, attention_mask, deterministic: bool):
+        c, width, heads = self.config, FASTBERT_HIDDEN, FASTBERT_HEADS
+        head_dim = width // heads
+
+        def dense(features, name):
+            return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
+                            kernel_init=nn.initializers.normal(c.initializer_range), name=name)
+
+        h = jnp.tanh(dense(width, "reduce")(state))  # [B, L, 128]
+        q = dense(width, "query")(h[:, :1]).reshape(h.shape[0], 1, heads, head_dim)
+        k = dense(width, "key")(h).reshape(h.shape[:2] + (heads, head_dim))
+        v = dense(width, "value")(h).reshape(h.shape[:2] + (heads, head_dim))
+        additive = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim)
+        probs = nn.Dropout(c.attention_probs_dropout_prob)(jax.nn.softmax(scores + additive, axis=-1),
+                                                          deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(h.shape[0], width)
+        x = jnp.tanh(dense(width, "dense")(dense(width, "attention_output")(context)))
+        return dense(c.num_labels, "classifier")(x).astype(jnp.float32)
+
+
 class _InternalHead(nn.Module):
     config: models.BertConfig
     head: str
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, state, shared_pooled, deterministic: bool):
+    def __call__(self, state, shared_pooled, deterministic: bool, attention_mask=None):
+        if self.head == "fastbert":
+            return _FastBertHead(self.config, self.dtype, name="fastbert")(state, attention_mask, deterministic)
         x = models.BertPooler(self.config, self.dtype, name="pooler")(state) if self.head == "pooler" else shared_pooled
         x = nn.Dropout(_dropout_rate(self.config))(x, deterministic=deterministic)
         return _classifier(self.config, self.dtype, "classifier")(x).astype(jnp.float32)
@@ -73,9 +108,10 @@ class _InternalClassifiers(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, states, pooled, deterministic: bool):
+    def __call__(self, states, pooled, deterministic: bool, attention_mask=None):
         return [
-            _InternalHead(self.config, self.head, self.dtype, name=f"layer_{i}")(states[i], pooled[i], deterministic)
+            _InternalHead(self.config, self.head, self.dtype, name=f"layer_{i}")(states[i], pooled[i], deterministic,
+                                                                                 attention_mask)
             for i in range(self.config.num_hidden_layers - 1)
         ]
 
@@ -86,7 +122,9 @@ class MultiExitBert(nn.Module):
     The parameter tree is :class:`models.BertForSequenceClassification`'s (``bert``, ``classifier``) plus
     ``internal_classifiers/layer_i`` for layers ``0 .. n-2``. Row ``i`` is the answer after encoder layer ``i``; the
     last row is the model's own pooler + classifier. ``head="pooler"`` (DeeBERT's highway): each internal head has
-    its own pooler; ``"shared_pooler"`` (PABEE): the model's pooler feeds every layer's own dense classifier.
+    its own pooler; ``"shared_pooler"`` (PABEE): the model's pooler feeds every layer's own dense classifier;
+    ``"fastbert"``: FastBERT's student classifier (:class:`_FastBertHead`: 128 wide, self-attention over the layer's
+    positions masked by ``attention_mask``), ``internal_classifiers/layer_i/fastbert/...``.
     """
 
     config: models.BertConfig
@@ -108,7 +146,7 @@ class MultiExitBert(nn.Module):
         final = nn.Dropout(_dropout_rate(c))(pooled[-1], deterministic=deterministic)
         final = _classifier(c, self.dtype, "classifier")(final).astype(jnp.float32)
         internal = _InternalClassifiers(c, self.head, self.dtype, name="internal_classifiers")(
-            states, pooled, deterministic)
+            states, pooled, deterministic, attention_mask)
         return jnp.stack(internal + [final])
 
 
@@ -181,14 +219,23 @@ def pabee_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = N
     return sum((j + 1) * losses.cross_entropy(logits[j], labels, valid) for j in range(n)) / (n * (n + 1) / 2)
 
 
-LOSSES = {"deebert": deebert_loss, "pabee": pabee_loss}
+def fastbert_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """FastBERT's self-distillation: ``sum_{j < n} KL(p_j || p_n)`` with ``p_n`` the softmax of the model's own final
+    classifier (the last row, a fixed target); see :func:`losses.self_distillation_loss`. ``labels`` are unused
+    (FastBERT distils on unlabelled data)."""
+    return losses.self_distillation_loss(logits[:-1], logits[-1], valid)
+
+
+LOSSES = {"deebert": deebert_loss, "pabee": pabee_loss, "fastbert": fastbert_loss}
 
 
 @dataclasses.dataclass(frozen=True)
 class ExitTrainConfig:
-    """A DeeBERT or PABEE training run (saved as ``exit_config.json``): ``model.name`` is the fine-tuned model
-    directory the exits are added to. ``deebert`` trains the internal heads only (backbone and final classifier
-    frozen), ``pabee`` everything on the weighted loss."""
+    """A DeeBERT, PABEE or FastBERT training run (saved as ``exit_config.json``): ``model.name`` is the fine-tuned
+    model directory the exits are added to. ``deebert`` trains the internal heads only (backbone and final classifier
+    frozen), ``pabee`` everything on the weighted loss, ``fastbert`` the internal heads only (as ``deebert``) by
+    self-distillation from the final classifier. FastBERT's exit rule ("uncertainty" < speed) is the normalised
+    entropy rule, ``exit_result(logits, "entropy", speed)``."""
 
     output_dir: str = configs.field("", "where checkpoints, logs and the multi-exit model go; reused to resume")
     model: ModelConfig = section(ModelConfig, name="")
@@ -196,9 +243,10 @@ class ExitTrainConfig:
     optim: OptimConfig = section(OptimConfig, epochs=2.0)
     run: RunConfig = section(RunConfig, eval_every=-1)
     mode: str = configs.field("deebert", "deebert: internal heads only, backbone frozen; pabee: everything, weighted "
-                                         "loss", choices=TRAIN_MODES)
+                                         "loss; fastbert: internal heads only, self-distilled from the final "
+                                         "classifier", choices=TRAIN_MODES)
     head: str | None = configs.field(None, "internal head kind (default: pooler for deebert, shared_pooler for "
-                                           "pabee)", choices=HEAD_KINDS)
+                                           "pabee, fastbert for fastbert)", choices=HEAD_KINDS)
     seed: int = configs.field(0, "data order, dropout and the new heads' initialisation")
 
     def __post_init__(self):
@@ -221,7 +269,7 @@ class ExitTrainResult:
 def _partition(params, mode: str) -> tuple[dict, dict]:
     """(trainable, frozen) top-level parts of the parameter tree."""
     params = dict(params)
-    if mode == "deebert":
+    if mode in ("deebert", "fastbert"):
         return {"internal_classifiers": params.pop("internal_classifiers")}, params
     return params, {}
 
@@ -230,7 +278,7 @@ def make_exit_step(module: MultiExitBert, tx, mode: str, dropout: bool = True) -
     """The per-device step of ``mode``'s objective; the frozen parameters are its extra argument."""
     objective_fn = LOSSES[mode]
 
-    def objective(params, batch, dropout_key, step_key, frozen):
+    def objective(params, batch, dropout_key, step_key, hparams, frozen):
         logits = module.apply({"params": {**frozen, **params}}, batch["input_ids"], batch["attention_mask"],
                               batch["token_type_ids"], deterministic=not dropout, rngs={"dropout": dropout_key})
         value = objective_fn(logits, batch["label"], batch["valid"])
@@ -242,8 +290,8 @@ def make_exit_step(module: MultiExitBert, tx, mode: str, dropout: bool = True) -
 def train_exits(config: ExitTrainConfig, *, dp: parallel.DataParallel | None = None,
                 on_step: Callable[[int, dict], None] | None = None) -> ExitTrainResult:
     """Train the exits as ``config`` says; resumes from ``config.output_dir`` (SIGTERM or Ctrl-C checkpoint and
-    stop). In ``deebert`` mode the backbone and final classifier come back bitwise unchanged. The multi-exit model
-    lands in ``OUTPUT/model`` (loadable by :func:`load_multi_exit`)."""
+    stop). In ``deebert`` and ``fastbert`` modes the backbone and final classifier come back bitwise unchanged. The
+    multi-exit model lands in ``OUTPUT/model`` (loadable by :func:`load_multi_exit`)."""
     out = pathlib.Path(config.output_dir)
     dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0
@@ -254,39 +302,17 @@ def train_exits(config: ExitTrainConfig, *, dp: parallel.DataParallel | None = N
     train = data.subset(data.encode_split(d.task, "train", d.source, tokenizer=tokenizer, max_length=d.max_length),
                         d.train_subset)
     module, params = load_multi_exit(config.model.name, head=head, dtype=config.model.jnp_dtype, seed=config.seed)
+    models.check_inputs_fit(module.config, max_length=d.max_length, vocab_size=len(tokenizer),
+                            source=config.model.name)
     trainable, frozen = _partition(params, config.mode)
     tx, total = configs.make_optimizer(config.optim, len(train))
     trainer.check_batch_size(config.optim.batch_size, dp)
     state = trainer.new_state(trainable, tx, config.seed)
     if is_writer:
         configs.write(out, CONFIG_FILE, config)
-    ckpt = checkpoints.Checkpoints(out, max_to_keep=config.run.keep_checkpoints)
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore_state(state)
-        start = int(meta["step"])
-    log = RunLog(out, enabled=is_writer, after_step=start)
-    mapped = dp.map_step(make_exit_step(module, tx, config.mode, config.model.dropout), num_extra=1)
-    frozen_placed = dp.replicate(jax.device_get(frozen))
-    bar = trainer.progress_bar(total, start, config.run.progress and is_writer)
-    spe = data.steps_per_epoch(len(train), config.optim.batch_size)
-
-    def save(step, state, seen):
-        ckpt.save_state(step, dp.unreplicate(state), {"step": step, "steps_total": total})
-
-    actions = [Every(1, lambda step, state, seen: bar.update(1), needs_metrics=False),
-               trainer.logging_action(log, config.run.log_every, configs.learning_rate_schedule(config.optim, total),
-                                      bar),
-               Every(config.run.checkpoint_every or spe, save, on_stop=True)]
-    batches = data.batches_from_step(train, config.optim.batch_size, seed=config.seed, start_step=start,
-                                     buckets=d.buckets)
-    try:
-        result = trainer.run_mapped(lambda s, b: mapped(s, b, frozen_placed), batches, state, dp, start=start,
-                                    total=total, actions=actions, on_step=on_step)
-    finally:
-        bar.close()
-        ckpt.close()
-        log.close()
+    step = make_exit_step(module, tx, config.mode, config.model.dropout)
+    result = trainer.run_resumable(out, step, (frozen,), state, train, config.optim, config.run, seed=config.seed,
+                                   buckets=d.buckets, total=total, dp=dp, is_writer=is_writer, on_step=on_step)
     trained = dp.unreplicate(result.state).params
     final = {**frozen, **trained}
     final = {k: final[k] for k in params}  # The input's key order.
@@ -314,28 +340,12 @@ def predict_exit_logits(module: MultiExitBert, params, enc: data.Encoded, batch_
     return np.concatenate(out, axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla.jit, static_argnums=0)
 def _exit_logits(module: MultiExitBert, params, batch):
     return module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
 
-def patience_exit_layers(scores, patience: int) -> np.ndarray:
-    """0-based answering layer ``[N]`` of PABEE's patience counter over ``scores`` (logits or probabilities)
-    ``[num_layers, N, C]``: a counter starts at 0 at the first layer and, at each later layer, is incremented when
-    the prediction (argmax; first class on ties) equals the previous layer's, else reset to 0; the example exits at
-    the first layer where it equals ``patience``. The last layer always answers."""
-    scores = np.asarray(scores)
-    if scores.ndim != 3 or 0 in scores.shape:
-        raise ValueError(f"expected a non-empty [num_layers, N, C] array, got shape {scores.shape}")
-    if isinstance(patience, bool) or int(patience) != patience or patience < 0:
-        raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-    pred = np.argmax(scores, axis=-1)  # [L, N]
-    counter = np.zeros(pred.shape, np.int64)
-    for j in range(1, pred.shape[0]):
-        counter[j] = np.where(pred[j] == pred[j - 1], counter[j - 1] + 1, 0)
-    hit = counter == int(patience)
-    hit[-1] = True
-    return np.argmax(hit, axis=0)
+patience_exit_layers = cascade.patience_exits  # PABEE's rule (0: no early exit); see cascade.patience_exits.
 
 
 def exit_result(logits, rule: str, param, *, reference_layers: int | None = None) -> cascade.CascadeResult:

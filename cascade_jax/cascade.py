@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cascade_jax import flops as flops_lib
+from cascade_jax import xla
 from cascade_jax.metrics import normalized_entropy, softmax
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "default_buckets",
     "batch_pieces",
     "exits",
+    "patience_exits",
     "stage_flops",
     "measure_wallclock",
     "EXIT_RULES",
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 EXIT_RULES = ("max_prob", "entropy")
+EXIT_METHOD_RULES = ("entropy", "max_prob", "patience")  # Rules of a multi-exit model (each layer a stage).
 TAIL_RULES = ("split", "pad")
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _MIN_BUCKET = 8
@@ -79,7 +82,7 @@ def _step_impl(apply_fn: Callable, params, batch):
 
 # The step of every stage: jit of apply_fn + softmax + exit statistics. apply_fn is static (part of the cache key,
 # so each distinct apply_fn is its own compiled program); params and batch are traced arguments.
-_step = jax.jit(_step_impl, static_argnums=0)
+_step = xla.jit(_step_impl, static_argnums=0)  # Inference: the library's CPU compile options (xla.py).
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -391,6 +394,27 @@ def exits(max_prob: np.ndarray, entropy: np.ndarray, exit_rule: str, threshold: 
     if exit_rule == "entropy":
         return np.asarray(entropy).astype(np.float64) < threshold
     raise ValueError(f"exit_rule must be one of {EXIT_RULES}, got {exit_rule!r}")
+
+
+def patience_exits(scores, patience: int) -> np.ndarray:
+    """PABEE's exit rule (Zhou et al., 2020, as in the authors' code): the 0-based stage ``[N]`` that answers, from
+    every stage's scores (logits or probabilities) ``[S, N, C]``. A counter starts at 0 at the first stage and, at
+    each later stage, is incremented when the prediction (argmax; the first class on ties) equals the previous
+    stage's, else reset to 0; the example exits at the first stage where the counter reaches ``patience``, so
+    ``patience`` t exits once t + 1 consecutive stages agree. ``patience`` 0 means no early exit (PABEE's code then
+    runs the whole model). The last stage always answers."""
+    scores = np.asarray(scores)
+    if scores.ndim != 3 or 0 in scores.shape:
+        raise ValueError(f"expected a non-empty [num_stages, N, C] array, got shape {scores.shape}")
+    if isinstance(patience, bool) or int(patience) != patience or patience < 0:
+        raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+    pred = np.argmax(scores, axis=-1)  # [S, N]
+    counter = np.zeros(pred.shape, np.int64)
+    for j in range(1, pred.shape[0]):
+        counter[j] = np.where(pred[j] == pred[j - 1], counter[j - 1] + 1, 0)
+    hit = counter == int(patience) if patience > 0 else np.zeros(pred.shape, bool)
+    hit[-1] = True
+    return np.argmax(hit, axis=0)
 
 
 def _cascade(n: int, num_layers, taus, exit_rule: str, evaluate: Callable,

@@ -63,6 +63,11 @@ class Checkpoints:
         )
         return out.state, out.meta
 
+    def restore_meta(self, step: int | None = None) -> dict:
+        """The meta of the state checkpoint ``step`` (default: latest), without its arrays."""
+        step = self.latest.latest_step() if step is None else step
+        return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def save_best(self, step: int, params: Any, meta: dict) -> None:
         self.best.save(
             step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),

@@ -86,6 +86,10 @@ class DataConfig:
     train_subset: int | None = field(None, "train on a fixed random sample of N training examples (data.subset)")
     max_length: int = field(128, "truncate inputs to this many tokens")
     buckets: tuple[int, ...] = field(DEFAULT_BUCKETS, "allowed padded lengths of a batch")
+    test_from_dev: float | None = field(None, "share of the official dev split held out (seeded) as the test split; "
+                                              "default: half when the task's test labels are withheld (GLUE), "
+                                              "else none")
+    holdout_seed: int = field(0, "seed of that held-out share")
 
     def __post_init__(self):
         object.__setattr__(self, "buckets", tuple(int(b) for b in self.buckets))
@@ -342,13 +346,24 @@ def _build(cls, d: Mapping[str, Any], source: str):
         tp = hints[name]
         if _is_config(tp) and isinstance(value, Mapping):
             value = _build(tp, value, source)
-        elif isinstance(value, list):
-            value = tuple(value)
+        elif isinstance(value, (list, tuple)):
+            item = _tuple_item(tp)
+            value = tuple(_build(item, v, source) if item is not None and isinstance(v, Mapping) else v
+                          for v in value)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{source}: {e}") from e
+
+
+def _tuple_item(tp):
+    """The config class of ``tuple[SomeConfig, ...]`` (None for other types)."""
+    if typing.get_origin(tp) is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if args and _is_config(args[0]):
+            return args[0]
+    return None
 
 
 def differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:

@@ -54,16 +54,31 @@ def encoder_layer_macs(config, seq_len) -> Any:
     return total / config.num_hidden_layers
 
 
-def exit_head_macs(config) -> int:
-    """Multiply-adds of one exit head: a pooler (``H*H``) and a classifier (``H*C``)."""
-    return config.hidden_size * config.hidden_size + config.hidden_size * config.num_labels
+FASTBERT_WIDTH = 128  # FastBERT's student classifiers work in 128 dimensions.
 
 
-def layer_exit_macs(config, seq_len) -> np.ndarray:
+def exit_head_macs(config, seq_len=None, head: str = "pooler") -> Any:
+    """Multiply-adds of one exit head. DeeBERT's (``pooler``) and PABEE's (``shared_pooler``) heads: a pooler
+    (``H*H``) and a classifier (``H*C``). FastBERT's (``fastbert``), with ``d`` = 128 and ``L`` = ``seq_len``:
+    ``L*H*d`` (reduce every position) + ``2*L*d*d`` (keys, values) + ``3*d*d`` (the [CLS] query, the attention
+    output, the dense layer) + ``2*L*d`` (scores and context of the [CLS] query) + ``d*C``."""
+    h, c = config.hidden_size, config.num_labels
+    if head in ("pooler", "shared_pooler"):
+        return h * h + h * c
+    if head == "fastbert":
+        if seq_len is None:
+            raise ValueError("FastBERT's heads attend over the sequence: give seq_len")
+        length = np.asarray(seq_len, dtype=np.float64) if np.ndim(seq_len) else float(seq_len)
+        d = FASTBERT_WIDTH
+        return length * h * d + 2 * length * d * d + 3 * d * d + 2 * length * d + d * c
+    raise ValueError(f"unknown head kind {head!r}")
+
+
+def layer_exit_macs(config, seq_len, head: str = "pooler") -> np.ndarray:
     """Multiply-adds of answering at each layer of a multi-exit model ``[num_layers]`` (``[num_layers, N]`` when
     ``seq_len`` is an [N] array): ``j`` encoder layers plus ``j`` heads for exit layer ``j`` (1-based). Compare with
     :func:`bert_macs`, the plain model."""
     per_layer = encoder_layer_macs(config, seq_len)
     n = config.num_hidden_layers
     j = np.arange(1, n + 1, dtype=np.float64).reshape((n,) + (1,) * np.ndim(per_layer))
-    return j * (per_layer + exit_head_macs(config))
+    return j * (per_layer + exit_head_macs(config, seq_len, head))

@@ -1,6 +1,8 @@
 """Training objectives as pure functions of arrays: cross entropy, knowledge distillation and DAR.
 
   cross_entropy(logits, labels, mask), distillation_loss(student, teacher, T, mask), dar_loss(...)
+  self_distillation_loss(students [L-1,B,C], teacher [B,C], mask)      # FastBERT
+  patient_loss(student_cls [J,B,H], teacher_cls [J,B,H], mask)         # BERT-PKD
   register_dar_variant(name, fn) / get_dar_variant(name)      # all_pairs, authors, logistic, soft, or your own
 
 Masked rows never count (a mean over nothing is 0, never NaN); conventions and DAR's maths are in docs/design.md.
@@ -18,6 +20,8 @@ __all__ = [
     "cross_entropy",
     "distillation_loss",
     "distillation_objective",
+    "self_distillation_loss",
+    "patient_loss",
     "gather_batch",
     "dar_loss",
     "DarVariant",
@@ -131,6 +135,84 @@ def distillation_objective(
     kd = distillation_loss(student_logits, teacher_logits, temperature, mask)
     ce = cross_entropy(student_logits, labels, mask)
     return alpha * kd + (1.0 - alpha) * ce
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FastBERT's self-distillation and BERT-PKD's patient loss
+
+
+def self_distillation_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    direction: str = "student_teacher",
+) -> jax.Array:
+    """FastBERT's self-distillation (Liu et al., 2020): the internal ("student") classifiers learn the final
+    ("teacher") classifier's distribution, summed over the students, each a mean over the unmasked rows.
+
+    With ``p_s = softmax(student_l)`` and ``p_t = softmax(teacher)`` (no temperature)::
+
+        loss = sum_l (1 / sum_i m_i) * sum_i m_i * KL_l,i
+
+    ``direction="student_teacher"`` (the default, the paper's formula): ``KL = sum_c p_s log(p_s / p_t)``.
+    ``"teacher_student"``: ``KL = sum_c p_t log(p_t / p_s)``, which is what the authors' released code computes
+    (``KLDivLoss(log_softmax(student), softmax(teacher))``, batch mean). The teacher is a fixed target (no gradient).
+
+    Args:
+      student_logits: ``[L, B, C]`` (one row per internal classifier; ``L`` may be 0).
+      teacher_logits: ``[B, C]``.
+      mask: optional ``[B]`` row mask; masked rows may hold garbage. No row -> 0.
+    """
+    if direction not in ("student_teacher", "teacher_student"):
+        raise ValueError(f"direction must be 'student_teacher' or 'teacher_student', got {direction!r}")
+    student_logits = jnp.asarray(student_logits)
+    teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
+    dtype = jnp.promote_types(_float_dtype(student_logits), _float_dtype(teacher_logits))
+    weights = _row_weights(mask, teacher_logits.shape[:-1], dtype)
+    keep = (weights > 0)[..., None]
+    log_s = jax.nn.log_softmax(jnp.where(keep[None], student_logits.astype(dtype), 0.0), axis=-1)
+    log_t = jax.nn.log_softmax(jnp.where(keep, teacher_logits.astype(dtype), 0.0), axis=-1)[None]
+    log_p, log_q = (log_s, log_t) if direction == "student_teacher" else (log_t, log_s)
+    p = jnp.exp(log_p)
+    kl = jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)  # [L, B]
+    return jnp.sum(jax.vmap(lambda row: _masked_mean(row, weights))(kl))
+
+
+def patient_loss(
+    student_cls: jax.Array,
+    teacher_cls: jax.Array,
+    mask: jax.Array | None = None,
+    eps: float = 1e-12,
+) -> jax.Array:
+    """BERT-PKD's patient loss (Sun et al., 2019): the L2-normalised [CLS] states of the student's layers
+    against those of their mapped teacher layers, as the squared error averaged over the layers, the hidden units
+    and the unmasked rows (the scale of the authors' ``F.mse_loss``, so that their tuned beta carries over)::
+
+        PT = (1 / sum_i m_i) * sum_i m_i * (1 / (J H)) * sum_j || s_ji / |s_ji| - t_ji / |t_ji| ||^2
+
+    (``|x|`` floored at ``eps``). The teacher is a fixed target (no gradient).
+
+    Args:
+      student_cls, teacher_cls: ``[J, B, H]`` (``J`` mapped layers; ``J = 0`` gives 0).
+      mask: optional ``[B]`` row mask; masked rows may hold garbage.
+    """
+    student_cls = jnp.asarray(student_cls)
+    teacher_cls = jax.lax.stop_gradient(jnp.asarray(teacher_cls))
+    if student_cls.shape != teacher_cls.shape:
+        raise ValueError(f"student_cls {student_cls.shape} and teacher_cls {teacher_cls.shape} differ in shape")
+    dtype = jnp.promote_types(_float_dtype(student_cls), _float_dtype(teacher_cls))
+    weights = _row_weights(mask, student_cls.shape[1:2], dtype)
+    keep = (weights > 0)[None, :, None]
+
+    def unit(x):
+        x = jnp.where(keep, x.astype(dtype), 0.0)
+        # max(|x|, eps) as sqrt(max(|x|^2, eps^2)): finite gradients at x = 0 (masked rows).
+        return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+    layers, hidden = student_cls.shape[0], student_cls.shape[2]
+    per_row = jnp.sum((unit(student_cls) - unit(teacher_cls)) ** 2, axis=(0, 2)) / max(layers * hidden, 1)  # [B]
+    return _masked_mean(per_row, weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A Flax (linen) BERT that reproduces Hugging Face's PyTorch ``BertModel`` / ``BertForSequenceClassification``.
 
   from_pretrained(name_or_path, num_labels=, num_layers=None, dtype=jnp.float32) -> (module, params)
-  logits_fn(module) -> fn(params, batch);  tokenizer_for(name_or_path);  save_pretrained(module, params, dir)
+  logits_fn(module) -> fn(params, batch);  tokenizer_for(name_or_path);  save_pretrained(module, params, dir, tokenizer)
+  check_inputs_fit(config, max_length=, vocab_size=, source=);  check_trained_head(dir)   (input validation)
 
 Parameter names mirror Hugging Face's (``bert/encoder/layer_3/output/dense/kernel``), so checkpoints convert
 mechanically; parameters are float32 whatever the compute ``dtype``.
@@ -283,6 +284,15 @@ class BertForSequenceClassification(nn.Module):
         )
 
 
+def cast_params(params, dtype) -> Any:
+    """``params`` with every floating leaf stored in ``dtype`` (e.g. bfloat16 for inference: the weights are then
+    read at half the bytes and fed to bf16 matmuls without a cast per call; LayerNorm and softmax still compute in
+    float32, and logits come out float32)."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, params)
+
+
 def logits_fn(module: BertForSequenceClassification) -> Callable[[Any, dict], jax.Array]:
     """A pure ``fn(params, batch) -> logits`` (batch: dict with input_ids, attention_mask, token_type_ids)."""
 
@@ -420,21 +430,115 @@ def _download_from_hub(repo_id: str) -> pathlib.Path:
         ) from e
 
 
+def _repair_hint(model_dir: pathlib.Path) -> str:
+    """What to do about a damaged file in ``model_dir``: reinstall the built-in asset it belongs to, or re-save it."""
+    try:
+        rel = pathlib.Path(model_dir).resolve().relative_to((assets.cache_dir() / "assets").resolve())
+    except ValueError:
+        rel = None
+    if rel is not None and rel.parts and rel.parts[0] in assets.ASSETS:
+        return (f"it belongs to the built-in asset {rel.parts[0]!r}: reinstall it with "
+                f"`{assets.INSTALL_COMMAND} --force {rel.parts[0]}`")
+    return "copy or save the model directory again (models.save_pretrained, or the run that wrote it)"
+
+
 def _read_state_dict(model_dir: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
     st = model_dir / "model.safetensors"
     if st.exists():
         from safetensors.numpy import load_file
 
-        return load_file(str(st)), str(st)
+        try:
+            return load_file(str(st)), str(st)
+        except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for a damaged file
+            raise ModelLoadError(
+                f"{st} cannot be read ({type(e).__name__}: {e}; {st.stat().st_size} bytes): the file is damaged or "
+                f"cut short; {_repair_hint(model_dir)}") from e
     binfile = model_dir / "pytorch_model.bin"
     if binfile.exists():
         try:
             import torch
         except ImportError as e:
             raise ModelLoadError(f"{binfile} needs PyTorch to read; install torch or convert it to safetensors") from e
-        sd = torch.load(str(binfile), map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(str(binfile), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ModelLoadError(f"{binfile} cannot be read ({type(e).__name__}: {e}): the file is damaged or cut "
+                                 f"short; {_repair_hint(model_dir)}") from e
         return {k: v.float().numpy() for k, v in sd.items()}, str(binfile)
     raise FileNotFoundError(f"{model_dir} has no weights: expected one of {_WEIGHT_FILES}")
+
+
+def weight_names(model_dir: str | os.PathLike) -> tuple[set[str], str]:
+    """The parameter names stored in ``model_dir``'s weights file (read from the safetensors header only, so cheap)
+    and the file's path. A ``pytorch_model.bin`` is loaded whole (needs torch)."""
+    model_dir = pathlib.Path(model_dir)
+    st = model_dir / "model.safetensors"
+    if st.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(st), "np") as f:
+                return set(f.keys()), str(st)
+        except Exception as e:
+            raise ModelLoadError(f"{st} cannot be read ({type(e).__name__}: {e}): the file is damaged or cut short; "
+                                 f"{_repair_hint(model_dir)}") from e
+    state, source = _read_state_dict(model_dir)
+    return set(state), source
+
+
+# The parameters a fine-tuned sequence classifier has and a pre-trained encoder lacks (from_pretrained initialises
+# them at random when they are missing).
+HEAD_PARAMETERS = ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias")
+
+
+def check_trained_head(model_dir: str | os.PathLike) -> None:
+    """Raise :class:`ModelLoadError` unless ``model_dir`` holds a trained classification head (classifier and pooler
+    weights), i.e. it is a fine-tuned model and not a pre-trained encoder whose head :func:`from_pretrained` would
+    initialise at random."""
+    names, source = weight_names(model_dir)
+    found = {".".join(_flax_path(n) or ()) for n in names}
+    wanted = {n: ".".join(_flax_path(n)) for n in HEAD_PARAMETERS}
+    missing = [n for n, flax_name in wanted.items() if flax_name not in found]
+    if missing:
+        raise ModelLoadError(
+            f"{source} has no trained classification head (missing {', '.join(missing)}): it is a pre-trained "
+            f"encoder, not a fine-tuned model, and its classifier would be random. Use a fine-tuned member's "
+            f"directory (train.finetune writes OUTPUT_DIR/model; a pipeline run keeps its members under members/)")
+
+
+class InputMismatchError(ModelLoadError):
+    """Inputs a model cannot embed: longer than its position table, or token ids beyond its vocabulary."""
+
+
+def check_inputs_fit(config: BertConfig, *, max_length: int | None = None, vocab_size: int | None = None,
+                     max_token_id: int | None = None, source: str = "the model") -> None:
+    """Raise :class:`InputMismatchError` when inputs made with these settings would index past an embedding table.
+
+    An out-of-range lookup is not an error inside a jitted model (JAX's gather fills out-of-range rows with NaN, so
+    the logits come out NaN), so this check runs where inputs are made.
+
+    Args:
+      config: the model's :class:`BertConfig`.
+      max_length: the padded/truncated sequence length inputs are made with (must be <= max_position_embeddings).
+      vocab_size: the size of the tokenizer's vocabulary, ``len(tokenizer)`` (must be <= the model's vocab_size:
+        every id the tokenizer can produce needs an embedding).
+      max_token_id: the largest token id actually present in already-made inputs (must be < vocab_size).
+      source: names the model in the message (its directory).
+    """
+    if max_length is not None and max_length > config.max_position_embeddings:
+        raise InputMismatchError(
+            f"{source}: max_length {max_length} is longer than the model's max_position_embeddings "
+            f"{config.max_position_embeddings} (its config.json): positions beyond it have no embedding. Use "
+            f"max_length <= {config.max_position_embeddings} (--max-length on the command line)")
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        raise InputMismatchError(
+            f"{source}: the tokenizer has {vocab_size} tokens but the model's vocab_size is {config.vocab_size} (its "
+            f"config.json): token ids >= {config.vocab_size} have no embedding. Use the tokenizer saved with this "
+            f"model; the members of a cascade must share one vocabulary (the first member's tokenizer serves all)")
+    if max_token_id is not None and max_token_id >= config.vocab_size:
+        raise InputMismatchError(
+            f"{source}: inputs hold token id {max_token_id}, but the model's vocab_size is {config.vocab_size}: "
+            f"encode them with this model's tokenizer")
 
 
 def load_config(model_dir: pathlib.Path, **overrides) -> BertConfig:
@@ -492,15 +596,38 @@ def from_pretrained(
     return module, flax.traverse_util.unflatten_dict(params, sep="/")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
 def tokenizer_for(name_or_path: str | os.PathLike):
-    """The transformers fast tokenizer of a built-in name, local directory or hub id."""
+    """The transformers fast tokenizer of a built-in name, local directory or hub id.
+
+    Raises :class:`ModelLoadError` when the directory has no tokenizer files (``tokenizer.json`` or ``vocab.txt``):
+    transformers 5 would then build a vocabulary of the five special tokens alone, and every word would become
+    ``[UNK]``.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+        raise ModelLoadError(
+            f"{model_dir} has no tokenizer files (neither {' nor '.join(TOKENIZER_FILES)}; it holds: "
+            f"{', '.join(present) or 'nothing'}). Copy vocab.txt, tokenizer.json and tokenizer_config.json from "
+            f"the base model's directory into it, or save it with "
+            f"models.save_pretrained(module, params, directory, tokenizer=models.tokenizer_for(base_model))")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve_model_dir(name_or_path)))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ModelLoadError(
+            f"{model_dir}: its tokenizer files give a vocabulary of only {len(tokenizer)} special tokens, so every "
+            f"word would become {tokenizer.unk_token}. Copy vocab.txt and tokenizer.json from the base model")
+    return tokenizer
 
 
 def save_pretrained(module: BertForSequenceClassification, params, directory: str | os.PathLike, tokenizer=None):
-    """Write ``model.safetensors`` + ``config.json`` that ``transformers.BertForSequenceClassification`` loads."""
+    """Write ``model.safetensors`` + ``config.json`` that ``transformers.BertForSequenceClassification`` loads, and
+    the tokenizer's files when ``tokenizer`` is given. Without them the directory cannot be used on texts
+    (:func:`tokenizer_for` refuses it): pass the tokenizer the model was trained with."""
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(directory)

@@ -81,13 +81,15 @@ class DataParallel:
         return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
 
     def map_step(
-        self, step: Callable, num_extra: int = 0, donate_state: bool = True, batch_axis: int = 0
+        self, step: Callable, num_extra: int = 0, donate_state: bool = True, batch_axis: int = 0,
+        compiler_options: dict | None = None,
     ) -> Callable:
         """Map ``step(state, batch, *extra)``; the result takes placed state (see :meth:`replicate`).
 
         ``batch_axis`` is the batch's row axis, the one split over devices: 0 for ``[B, ...]`` batches, 1 for
         batches stacked over independent runs (``[M, B, ...]``, see :mod:`cascade_jax.difficulty`). Place such
-        batches with ``shard_batch(batch, batch_axis)`` too.
+        batches with ``shard_batch(batch, batch_axis)`` too. ``compiler_options`` go to ``jax.jit`` (shard_map
+        only; ``jax.pmap`` takes none).
         """
         donate = (0,) if donate_state else ()
         if self.backend == "pmap":
@@ -104,7 +106,7 @@ class DataParallel:
             # differentiates its own copy exactly as under pmap, and the same step code is right for both.
             check_vma=False,
         )
-        return jax.jit(mapped, donate_argnums=donate)
+        return jax.jit(mapped, donate_argnums=donate, compiler_options=compiler_options or None)
 
     def replicate(self, tree: Any) -> Any:
         """Place a host pytree as the step's replicated input."""

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cascade_jax import checkpoints, configs, data, evaluation, losses, models, parallel
+from cascade_jax import checkpoints, configs, data, evaluation, losses, models, parallel, xla
 from cascade_jax.configs import DataConfig, ModelConfig, OptimConfig, RunConfig, section
-from cascade_jax.loop import Every, NonFiniteLossError, run_steps
+from cascade_jax.data import holdout
+from cascade_jax.loop import Every, LoopResult, NonFiniteLossError, run_steps
 from cascade_jax.preemption import Preemption
 from cascade_jax.run_log import RunLog
 
@@ -91,13 +92,14 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # Raw uint32[2] key: dropout keys are fold_in(fold_in(rng, step), device).
+    hparams: Any = None  # Per-run loss numbers ({"margin", "dar_weight", "kd_alpha"}) of stacked members, or None.
 
 
-def new_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def new_state(params, tx: optax.GradientTransformation, seed: int, hparams=None) -> TrainState:
     """A host :class:`TrainState` at step 0."""
     params = jax.device_get(params)
     return TrainState(step=np.asarray(0, np.int32), params=params, opt_state=jax.device_get(tx.init(params)),
-                      rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))))
+                      rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))), hparams=hparams)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class Terms(NamedTuple):
     logits: jax.Array
 
 
-# objective(params, batch, dropout_key, step_key, *extra) -> Terms
+# objective(params, batch, dropout_key, step_key, hparams, *extra) -> Terms (hparams: the state's, or None)
 Objective = Callable[..., Terms]
 
 
@@ -136,7 +138,7 @@ def make_step(objective: Objective, tx: optax.GradientTransformation) -> Callabl
         dropout_key = jax.random.fold_in(step_key, parallel.axis_index())
 
         def total_fn(params):
-            terms = objective(params, batch, dropout_key, step_key, *extra)
+            terms = objective(params, batch, dropout_key, step_key, state.hparams, *extra)
             return share * terms.row_loss + terms.device_loss, terms
 
         (total, terms), grads = jax.value_and_grad(total_fn, has_aux=True)(state.params)
@@ -153,7 +155,8 @@ def make_step(objective: Objective, tx: optax.GradientTransformation) -> Callabl
             "grad_norm": optax.tree.norm(grads),
             "examples": global_rows,
         }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng,
+                          hparams=state.hparams), metrics
 
     return step
 
@@ -166,11 +169,14 @@ def make_train_step(
     dropout: bool = True,
 ) -> Callable:
     """A member's step: cross entropy, with DAR (needs ``difficulty`` in the batch; the ``soft`` variant uses
-    ``seeds_wrong / num_seeds`` when present) and/or KD from ``teacher`` (its params the step's extra argument)."""
+    ``seeds_wrong / num_seeds`` when present) and/or KD from ``teacher`` (its params the step's extra argument).
+    The margin, DAR weight and KD weight are ``loss``'s, or the state's ``hparams`` when it has them (stacked
+    members that differ in them)."""
     dar = losses.get_dar_variant(loss.dar_variant) if loss.uses_dar else None
     dar_axis = parallel.AXIS if loss.pair_scope == "global" else None
 
-    def objective(params, batch, dropout_key, step_key, *extra):
+    def objective(params, batch, dropout_key, step_key, hparams, *extra):
+        numbers = hparams or {"margin": loss.margin, "dar_weight": loss.dar_weight, "kd_alpha": loss.kd_alpha}
         valid = batch["valid"]
         inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         logits = module.apply({"params": params}, *inputs, deterministic=not dropout,
@@ -180,13 +186,14 @@ def make_train_step(
         if loss.uses_kd:
             teacher_logits = teacher.apply({"params": extra[0]}, *inputs).logits
             kd = losses.distillation_loss(logits, teacher_logits, loss.temperature, valid)
-            row_loss, row_metrics["kd"] = (1.0 - loss.kd_alpha) * ce + loss.kd_alpha * kd, kd
+            alpha = numbers["kd_alpha"]
+            row_loss, row_metrics["kd"] = (1.0 - alpha) * ce + alpha * kd, kd
         device_loss, device_metrics = 0.0, {}
         if dar is not None:
             soft = batch["seeds_wrong"] / jnp.maximum(batch["num_seeds"], 1.0) if "seeds_wrong" in batch else None
-            reg = dar(losses.confidence_from_logits(logits), batch["difficulty"], valid, margin=loss.margin,
+            reg = dar(losses.confidence_from_logits(logits), batch["difficulty"], valid, margin=numbers["margin"],
                       rng=jax.random.fold_in(step_key, 1 << 20), soft_difficulty=soft, axis_name=dar_axis)
-            device_loss, device_metrics = loss.dar_weight * reg, {"dar": reg}
+            device_loss, device_metrics = numbers["dar_weight"] * reg, {"dar": reg}
         return Terms(row_loss, device_loss, row_metrics, device_metrics, logits)
 
     return make_step(objective, tx)
@@ -210,19 +217,20 @@ class FitResult:
 def load_training_data(config: TrainConfig, tokenizer) -> tuple[data.Encoded, data.Encoded | None]:
     """Tokenised train split (with difficulty columns joined when DAR needs them) and dev split if any."""
     d = config.data
-    train = data.subset(data.encode_split(d.task, "train", d.source, tokenizer=tokenizer, max_length=d.max_length),
-                        d.train_subset)
+    full = data.encode_split(d.task, "train", d.source, tokenizer=tokenizer, max_length=d.max_length)
+    train = data.subset(full, d.train_subset)
     if config.loss.uses_dar:
         if not config.difficulty_file:
             raise configs.ConfigError(
                 f"loss {config.loss.kind!r} needs difficulty labels: pass difficulty_file (see label_difficulty)")
-        train = data.join_by_id(train, config.difficulty_file)
+        train = data.join_by_id(train, config.difficulty_file, split_ids=full.ids)
         if "difficulty" not in train.extras:
             raise configs.ConfigError(f"{config.difficulty_file} has no 'difficulty' column")
     task = data.get_task(d.task)
     dev = None
     if task.dev_split is not None:
-        dev = data.encode_split(d.task, "dev", d.source, tokenizer=tokenizer, max_length=d.max_length)
+        dev = holdout.encode_dev(task, d.source, tokenizer=tokenizer, max_length=d.max_length,
+                                 test_from_dev=d.test_from_dev, seed=d.holdout_seed)
     return train, dev
 
 
@@ -269,14 +277,52 @@ def logging_action(log: RunLog, every: int, schedule, bar=None) -> Every:
 
 
 def run_mapped(mapped_step: Callable, batches, host_state, dp: parallel.DataParallel, *, start: int, total: int,
-               actions, on_step=None, describe_nonfinite=None):
+               actions, on_step=None, describe_nonfinite=None, preemption: Preemption | None = None):
     """:func:`loop.run_steps` of a mapped step over host ``batches`` (placed with :func:`device_batches`), from a
-    host state, with SIGTERM and Ctrl-C handled as pre-emption."""
-    preemption = Preemption()
+    host state, with SIGTERM and Ctrl-C handled as pre-emption (``preemption``: one shared with other runs)."""
+    preemption = preemption or Preemption()
     with preemption.installed():
+        if preemption.agreed():  # Asked to stop before this run began (e.g. at the end of an earlier phase).
+            return LoopResult(dp.replicate(host_state), start, "preempted" if start < total else "finished")
         return run_steps(mapped_step, device_batches(dp, batches), dp.replicate(host_state), start=start,
                          total=total, actions=actions, preemption=preemption, on_step=on_step,
                          describe_nonfinite=describe_nonfinite, metrics_of=dp.unreplicate)
+
+
+def run_resumable(out: pathlib.Path, step: Callable, extra: tuple, state: TrainState, train: data.Encoded,
+                  optim: OptimConfig, run: RunConfig, *, seed: int, buckets, total: int, dp: parallel.DataParallel,
+                  is_writer: bool, on_step=None, offset: int = 0, preemption: Preemption | None = None):
+    """One resumable run of ``step`` (per-device, extra arguments ``extra``) over ``train`` into ``out``: restores
+    ``out``'s latest checkpoint, runs the rest through :func:`run_mapped` and checkpoints every epoch (or
+    ``run.checkpoint_every`` steps), at the end and on pre-emption. ``on_step`` sees ``offset + step``; a
+    ``preemption`` shared by several runs carries a stop request from one to the next."""
+    ckpt = checkpoints.Checkpoints(out, max_to_keep=run.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore_state(state)
+        start = int(meta["step"])
+    log = RunLog(out, enabled=is_writer, after_step=start)
+    mapped = dp.map_step(step, num_extra=len(extra))
+    placed = tuple(dp.replicate(jax.device_get(e)) for e in extra)
+    bar = progress_bar(total, start, run.progress and is_writer)
+    spe = data.steps_per_epoch(len(train), optim.batch_size)
+
+    def save(s, state, seen):
+        ckpt.save_state(s, dp.unreplicate(state), {"step": s, "steps_total": total})
+
+    actions = [Every(1, lambda s, state, seen: bar.update(1), needs_metrics=False),
+               logging_action(log, run.log_every, configs.learning_rate_schedule(optim, total), bar),
+               Every(run.checkpoint_every or spe, save, on_stop=True)]
+    batches = data.batches_from_step(train, optim.batch_size, seed=seed, start_step=start, buckets=buckets)
+    hook = None if on_step is None else (lambda s, m: on_step(offset + s, m))
+    try:
+        return run_mapped(lambda s, b: mapped(s, b, *placed), batches, state, dp, start=start, total=total,
+                          actions=actions, on_step=hook, preemption=preemption)
+    finally:
+        bar.close()
+        ckpt.close()
+        log.close()
+
 
 
 def progress_bar(total: int, start: int, enabled: bool, unit: str = "step"):
@@ -311,12 +357,16 @@ def fit(
     dtype = config.model.jnp_dtype
     module, params = models.from_pretrained(config.model.name, num_labels=task.num_labels,
                                             num_layers=config.model.num_layers, dtype=dtype, seed=config.seed)
+    models.check_inputs_fit(module.config, max_length=config.data.max_length, vocab_size=len(tokenizer),
+                            source=config.model.name)
     state = new_state(params, tx, config.seed)
     extra, teacher = (), None
     if config.loss.uses_kd:
         if not config.teacher:
             raise configs.ConfigError("loss 'kd' needs a teacher: pass teacher (a saved model directory or name)")
         teacher, teacher_params = models.from_pretrained(config.teacher, num_labels=task.num_labels, dtype=dtype)
+        models.check_inputs_fit(teacher.config, max_length=config.data.max_length, vocab_size=len(tokenizer),
+                                source=config.teacher)
         extra = (dp.replicate(jax.device_get(teacher_params)),)
 
     if is_writer:
@@ -330,7 +380,7 @@ def fit(
     log = RunLog(out, enabled=is_writer, after_step=start)
     mapped = dp.map_step(make_train_step(module, tx, config.loss, teacher, config.model.dropout),
                          num_extra=len(extra))
-    eval_fn = jax.jit(models.logits_fn(module))
+    eval_fn = xla.jit(models.logits_fn(module))
     run = config.run
     eval_every = total if run.eval_every < 0 else run.eval_every or spe
     ckpt_every = run.checkpoint_every or (spe if run.eval_every < 0 else eval_every)

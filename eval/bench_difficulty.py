@@ -164,20 +164,20 @@ def main(argv=None) -> int:
     print(f"end to end: CPU-time ratio vmapped/loop: {by['vmapped']['cpu'] / by['loop']['cpu']:.3f}")
 
     # 2. The training step alone, vmapped and looped back to back (compiled programs reused from the runs).
-    from cascade_jax import parallel
+    from cascade_jax import parallel, stacked
 
     plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(root / "steps")}))
     dp = parallel.DataParallel()
     members = plan.members
     step_v, _ = plan.functions(dp, True)
     step_l, _ = plan.functions(dp, False)
-    state_v = dp.replicate(difficulty.stack_trees([plan.init_state(m) for m in members]))
+    state_v = dp.replicate(stacked.stack_trees([plan.init_state(m) for m in members]))
     state_l = [dp.replicate(plan.init_state(m)) for m in members]
     timing = {"vmapped": [], "loop": []}
     for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.
         step = rep % plan.total_steps
-        batch_v = dp.shard_batch(difficulty.group_train_batch(plan, members, step, True), 1)
-        batch_l = [dp.shard_batch(difficulty.group_train_batch(plan, [m], step, False)) for m in members]
+        batch_v = dp.shard_batch(stacked.group_train_batch(plan, members, step, True), 1)
+        batch_l = [dp.shard_batch(stacked.group_train_batch(plan, [m], step, False)) for m in members]
         t, c = time.perf_counter(), time.process_time()
         state_v, _ = step_v(state_v, batch_v)
         jax.block_until_ready(state_v)

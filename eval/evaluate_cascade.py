@@ -1,31 +1,25 @@
-"""Evaluate a cascade and the baselines (BERT-kL, DeeBERT, PABEE) on a task split.
+"""Evaluate cascades and baselines (BERT-kL, DeeBERT, PABEE) side by side on a task: matched operating points chosen
+on one split and reported on another, paired bootstrap intervals, and the differences you ask for.
 
-Subcommand `evaluate` (run from the repository root; `train-exits` is python -m train.train_exits):
+    # a cascade of fine-tuned members (fewest layers first) against the large model alone and DeeBERT
+    python -m eval.evaluate_cascade evaluate --cascade runs/l3-dar/model runs/l6/model --static runs/l6/model \
+        --deebert runs/deebert/model --target-speedup 1.25 1.5 1.75 --compare cascade DeeBERT --output-dir runs/eval
 
-    # a cascade of fine-tuned members (trainer output OUTPUT/model, fewest layers first), swept over thresholds
-    python -m eval.evaluate_cascade evaluate --cascade runs/l3-dar/model runs/l6/model --output-dir runs/eval
+    # three seeds of a cascade: repeat --cascade, once per seed
+    python -m eval.evaluate_cascade evaluate --cascade runs/s0/l3/model runs/l6/model \
+        --cascade runs/s1/l3/model runs/l6/model --cascade runs/s2/l3/model runs/l6/model --output-dir runs/eval
 
-    # ... at given thresholds only
-    python -m eval.evaluate_cascade evaluate --cascade runs/l3/model runs/l6/model --thresholds 0.8 0.9 \
-        --output-dir runs/eval
-
-    # compare with the baselines; pick each method's parameter on dev for 1.5x and 2x, report those on test
-    python -m eval.evaluate_cascade evaluate --cascade runs/l3/model runs/l6/model --static runs/l6-3/model \
-        --deebert runs/deebert/model --pabee runs/pabee/model --split test --tune-split validation --target-speedup 1.5 2 \
-        --output-dir runs/compare
-
-    # the DeeBERT / PABEE models come from: python -m train.train_exits --model runs/l6/model --mode deebert ...
-
-`evaluate` writes results.json, results.md and curve.png into --output-dir and prints the Markdown. Each method's
-models run once per split; every threshold/patience is then derived from their outputs (see cascade_jax.report).
-Speed-ups are by layers against the reference model (default: the model with the most layers among those given).
-All models must share one tokenizer (the first directory's is used).
+Operating points are chosen on --tune-split (default: validation) and reported on --split (default: test): for each
+target, the threshold (patience, depth) whose speed-up on the tuning split is the smallest at or above the target.
+Writes results.json, results.md and curve.png into --output-dir and prints the Markdown. `./run main` evaluates
+with the same routine (cascade_jax.comparison.compare). The DeeBERT / PABEE models come from
+`python -m train.train_exits --model runs/l6/model --mode deebert ...` (their OUTPUT/model). All models must share
+one tokenizer (the first directory's is used).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 
@@ -37,106 +31,100 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.evaluate_cascade", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-
-    e = sub.add_parser("evaluate", help="evaluate a cascade and/or baselines; write JSON, Markdown and a plot",
-                       description="Evaluate a cascade and/or baselines on a split over a threshold sweep (or at "
-                       "given parameters); optionally choose each method's parameter on --tune-split for target "
-                       "speed-ups and report them on --split. Writes results.json, results.md, curve.png.")
-    g = e.add_argument_group("methods (at least one)")
-    g.add_argument("--cascade", nargs="+", metavar="DIR", default=[],
+    e = sub.add_parser("evaluate", help="evaluate cascades and baselines; write JSON, Markdown and a plot",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = e.add_argument_group("methods (at least one; repeat a flag once per seed)")
+    g.add_argument("--cascade", nargs="+", action="append", metavar="DIR", default=[],
                    help="cascade members: fine-tuned model directories, fewest layers first")
-    g.add_argument("--static", nargs="+", metavar="DIR", default=[],
-                   help="BERT-kL: fine-tuned k-layer truncations of the large model (k read from each config)")
-    g.add_argument("--deebert", metavar="DIR", help="DeeBERT multi-exit model (train.train_exits --mode deebert: OUTPUT/model)")
-    g.add_argument("--pabee", metavar="DIR", help="PABEE multi-exit model (from train-exits --mode pabee)")
-    g = e.add_argument_group("parameters (default: a sweep)")
-    g.add_argument("--thresholds", nargs="+", type=float, metavar="T", help="cascade thresholds (default: sweep)")
+    g.add_argument("--static", nargs="+", action="append", metavar="DIR", default=[],
+                   help="static models (BERT-kL, the large model alone): one method per directory given, k read "
+                        "from each config")
+    g.add_argument("--deebert", action="append", metavar="DIR", default=[],
+                   help="DeeBERT multi-exit model (train.train_exits --mode deebert: OUTPUT/model)")
+    g.add_argument("--pabee", action="append", metavar="DIR", default=[],
+                   help="PABEE multi-exit model (train.train_exits --mode pabee: OUTPUT/model)")
+    g = e.add_argument_group("exits and operating points")
     g.add_argument("--exit-rule", default="max_prob", choices=["max_prob", "entropy"],
                    help="cascade exit rule: max prob > threshold (the paper) or normalised entropy < threshold")
     g.add_argument("--deebert-rule", default="entropy", choices=["entropy", "max_prob"],
                    help="DeeBERT exit rule (entropy is normalised by log C; DeeBERT's raw S is S / log C)")
-    g.add_argument("--deebert-thresholds", nargs="+", type=float, metavar="T", help="DeeBERT thresholds (default: sweep)")
-    g.add_argument("--patience", nargs="+", type=int, metavar="P", help="PABEE patience values (default: 0 .. layers-1)")
-    g.add_argument("--sweep-points", type=int, default=21, metavar="N",
-                   help="thresholds per sweep: quantiles of the exit statistic, plus the extremes (default 21)")
+    g.add_argument("--target-speedup", nargs="+", type=float, default=[1.25, 1.5, 1.75, 2.0], metavar="X",
+                   help="target layer speed-ups (default: 1.25 1.5 1.75 2)")
+    g.add_argument("--sweep-points", type=int, default=41, metavar="N",
+                   help="thresholds per sweep: quantiles of the exit statistic, plus the extremes (default 41)")
+    g.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=[],
+                   help="report the difference A minus B with its interval (method names as in the output)")
+    g.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     g = e.add_argument_group("data and accounting")
     g.add_argument("--task", default="rotten_tomatoes", help="task name (see cascade_jax.data.TASKS)")
     g.add_argument("--source", default=None, help="local folder or file with the task's data (default: built-in)")
-    g.add_argument("--split", default="validation", help="the split reported (default: validation)")
-    g.add_argument("--tune-split", default=None,
-                   help="choose parameters on this split for each --target-speedup, report them on --split")
-    g.add_argument("--target-speedup", nargs="+", type=float, default=[], metavar="X",
-                   help="target layer speed-ups for --tune-split selection (e.g. 1.5 2 3)")
+    g.add_argument("--split", default="test", help="the split reported (default: test)")
+    g.add_argument("--tune-split", default="validation", help="the split thresholds are chosen on (default: "
+                                                              "validation)")
     g.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     g.add_argument("--reference-layers", type=int, default=None,
                    help="layers of the full model the speed-ups divide (default: most layers among the models)")
-    g.add_argument("--difficulty-file", default=None,
-                   help="difficulty labels (by example id) of --split: adds each member's DIS")
     g.add_argument("--batch-size", type=int, default=64, help="inference batch size")
     g.add_argument("--length-multiple", type=int, default=16,
                    help="cascade: trim batches to their longest row rounded up to this multiple (0: no trimming)")
     g.add_argument("--output-dir", required=True, help="where results.json, results.md and curve.png go")
     g.add_argument("--title", default=None, help="title of the report and the plot")
-
     return p
 
 
+def _methods(args):
+    from cascade_jax import comparison
+
+    methods = []
+    if args.cascade:
+        methods.append(comparison.Method("cascade", "cascade", tuple(tuple(r) for r in args.cascade),
+                                         rule=args.exit_rule))
+    for group in args.static:
+        for d in group:
+            methods.append(comparison.Method(f"static {pathlib.Path(d).parent.name or d}", "static", ((d,),)))
+    if args.deebert:
+        methods.append(comparison.Method("DeeBERT", "early_exit", tuple((d,) for d in args.deebert),
+                                         rule=args.deebert_rule))
+    if args.pabee:
+        methods.append(comparison.Method("PABEE", "early_exit", tuple((d,) for d in args.pabee), rule="patience"))
+    return methods
+
+
 def _evaluate(args) -> int:
-    from cascade_jax import baselines, data, flops, models, report
+    from cascade_jax import comparison, data, models, report
 
-    if not (args.cascade or args.static or args.deebert or args.pabee):
+    methods = _methods(args)
+    if not methods:
         raise SystemExit("evaluate: give at least one of --cascade, --static, --deebert, --pabee")
-    if bool(args.tune_split) != bool(args.target_speedup):
-        raise SystemExit("evaluate: --tune-split and --target-speedup go together")
-    num_labels = data.get_task(args.task).num_labels
-    # Every model is loaded once; its outputs are computed once per split.
-    stages = report.load_cascade(args.cascade, num_labels) if args.cascade else []
-    static = [models.from_pretrained(d, num_labels=num_labels) for d in args.static]
-    exits = {name: baselines.load_multi_exit(d) for name, d in (("DeeBERT", args.deebert), ("PABEE", args.pabee)) if d}
-    configs = [s.config for s in stages] + [m.config for m, _ in exits.values()]
-    largest = max(configs, key=lambda c: c.num_hidden_layers) if configs else None
-    reference_layers = args.reference_layers or (largest.num_hidden_layers if largest else None)
-    if reference_layers is None:
-        raise SystemExit("evaluate: with only --static models, give --reference-layers (the full model's depth)")
-    first = (args.cascade + args.static + [d for d in (args.deebert, args.pabee) if d])[0]
-    tokenizer = models.tokenizer_for(first)
+    task = data.get_task(args.task)
+    dirs = [d for m in methods for run in m.runs for d in run]
+    config_of = {d: models.load_config(models.resolve_model_dir(d)) for d in dirs}
+    largest = max(config_of.values(), key=lambda c: c.num_hidden_layers)
+    reference_layers = args.reference_layers or largest.num_hidden_layers
+    tokenizer = models.tokenizer_for(dirs[0])
+    encs = {key: data.encode_split(task, split, args.source, tokenizer=tokenizer, max_length=args.max_length)
+            for key, split in (("dev", args.tune_split), ("test", args.split))}
+    outputs = comparison.Outputs(encs, task.num_labels, batch_size=args.batch_size,
+                                 length_multiple=args.length_multiple or None)
+    names = {m.name for m in methods}
+    unknown = [n for pair in args.compare for n in pair if n not in names]
+    if unknown:
+        raise SystemExit(f"evaluate: --compare names {unknown} are not among the methods {sorted(names)}")
+    claims = [comparison.Claim(f"{a} - {b}", f"{a} minus {b}", a, b) for a, b in args.compare]
+    import dataclasses
 
-    def curves(split):
-        enc = data.encode_split(args.task, split, args.source, tokenizer=tokenizer, max_length=args.max_length)
-        ref_flops = (flops.bert_flops(dataclasses.replace(largest, num_hidden_layers=reference_layers), enc.lengths)
-                     if largest else None)
-        common = dict(batch_size=args.batch_size, reference_layers=reference_layers, reference_flops=ref_flops)
-        out = []
-        if stages:
-            out.append((report.cascade_curve(stages, enc, exit_rule=args.exit_rule,
-                                             length_multiple=args.length_multiple or None, **common), args.thresholds))
-        for module, params in static:
-            out.append((report.static_curve(module, params, enc, **common), None))
-        for name, (module, params) in exits.items():
-            rule = args.deebert_rule if name == "DeeBERT" else "patience"
-            grid = args.deebert_thresholds if name == "DeeBERT" else args.patience
-            out.append((report.early_exit_curve(module, params, enc, rule=rule, name=name, **common), grid))
-        return enc, out
-
-    enc, report_curves = curves(args.split)
-    tune = curves(args.tune_split)[1] if args.tune_split else None
-    points, members, selected = [], {}, []
-    difficulty = None
-    if args.difficulty_file:
-        difficulty = data.join_by_id(enc, args.difficulty_file, ["difficulty"]).extras["difficulty"]
-    for i, (curve, params) in enumerate(report_curves):
-        if tune is not None:
-            tune_curve = tune[i][0]
-            grid = params if params is not None else tune_curve.grid(args.sweep_points)
-            selected += report.operating_points(tune_curve, curve, args.target_speedup, grid)
-        points += report.sweep(curve, params, args.sweep_points)
-        members.setdefault(curve.name, []).extend(curve.members(difficulty))
-    meta = {"task": args.task, "split": enc.split, "tune_split": args.tune_split, "examples": len(enc),
-            "reference_layers": reference_layers, "cascade": args.cascade, "static": args.static,
-            "deebert": args.deebert, "pabee": args.pabee, "cascade_exit_rule": args.exit_rule,
-            "deebert_rule": args.deebert_rule}
-    paths = report.write_report(args.output_dir, points, members=members, selected=selected, meta=meta,
-                                title=args.title or f"{args.task} ({enc.split})")
+    reference_config = dataclasses.replace(largest, num_hidden_layers=reference_layers)
+    result = comparison.compare(methods, outputs, targets=args.target_speedup, claims=claims,
+                                sweep_points=args.sweep_points, resamples=args.resamples,
+                                reference_layers=reference_layers, reference_config=reference_config,
+                                auc_range=(1.0, max(args.target_speedup)) if args.target_speedup else None)
+    meta = {"task": task.name, "metric": comparison.primary(task.metric), "split": args.split,
+            "tune_split": args.tune_split, "examples": len(encs["test"]), "reference_layers": reference_layers,
+            "resamples": args.resamples}
+    if args.split == args.tune_split:
+        meta["warning"] = "thresholds were chosen on the split they are reported on (in-sample)"
+    paths = report.write_comparison(args.output_dir, result, meta=meta,
+                                    title=args.title or f"{task.name}: {args.split} (chosen on {args.tune_split})")
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -149,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_exits.main(argv[1:])
     args = build_parser().parse_args(argv)
-    return _evaluate(args)
+    from train import cli
+
+    return cli.run_cli("evaluate_cascade", lambda: _evaluate(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascade_jax import baselines, configs, data, flops, metrics, models, report
+from cascade_jax import baselines, configs, curves, data, flops, metrics, models
 from tests import tiny
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -45,10 +45,14 @@ def _first_argmax(row):
 
 
 def _reference_patience(scores, patience):
-    """PABEE's counter, one example at a time (as the authors' code with batch size 1)."""
+    """PABEE's inference written from its paper and code, one example at a time: patience 0 runs every layer;
+    otherwise a counter of consecutive agreeing layers, and exit when it reaches the patience."""
     num_layers, n, _ = scores.shape
     out = []
     for i in range(n):
+        if patience == 0:
+            out.append(num_layers - 1)
+            continue
         counter, previous = 0, None
         for j in range(num_layers):
             pred = _first_argmax(list(scores[j, i]))
@@ -88,7 +92,8 @@ def test_patience_matches_the_counter_rule_with_ties_and_large_patience():
     for patience in range(0, num_layers + 3):
         got = baselines.patience_exit_layers(scores, patience)
         np.testing.assert_array_equal(got, _reference_patience(scores, patience), err_msg=f"patience {patience}")
-    assert (baselines.patience_exit_layers(scores, 0) == 0).all()
+    assert (baselines.patience_exit_layers(scores, 0) == num_layers - 1).all()  # PABEE: 0 = no early exit.
+    assert (baselines.patience_exit_layers(scores, 1) < num_layers - 1).any()
     for patience in (num_layers - 1, num_layers, num_layers + 5):
         assert (baselines.patience_exit_layers(scores, patience) == num_layers - 1).all()
 
@@ -106,7 +111,7 @@ def test_extreme_parameters_give_exact_layer_accounting():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 50, 3)).astype(np.float32)
     cases = [("entropy", 0.0, 4), ("entropy", 1.0 + 1e-9, 1), ("max_prob", 0.0, 1), ("max_prob", 1.0, 4),
-             ("patience", 0, 1), ("patience", 3, 4), ("patience", 10, 4)]
+             ("patience", 0, 4), ("patience", 3, 4), ("patience", 10, 4)]
     for rule, param, layers in cases:
         r = baselines.exit_result(logits, rule, param)
         assert (r.layers == layers).all(), (rule, param)
@@ -139,7 +144,7 @@ def test_rules_reject_bad_arguments():
 
 def test_static_and_flops_accounting():
     config = models.BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=4)
-    r = report.Curve.static(np.zeros((10, 2)), np.zeros(10, int), num_layers=1, reference_layers=4).result(1)
+    r = curves.Curve.static(np.zeros((10, 2)), np.zeros(10, int), num_layers=1, reference_layers=4).result(1)
     assert r.layer_speedup == 4.0 and (r.layers == 1).all()
 
     macs = flops.layer_exit_macs(config, 16)
@@ -155,7 +160,7 @@ def test_static_and_flops_accounting():
 
     logits = np.zeros((4, 3, 2))
     logits[0, 0] = [5, 0]  # Example 0 exits at layer 1 (max-prob rule), the others at layer 4.
-    curve = report.Curve.early_exit(logits, np.zeros(3, int), rule="max_prob", exit_costs=per_example,
+    curve = curves.Curve.early_exit(logits, np.zeros(3, int), rule="max_prob", exit_costs=per_example,
                                     reference_flops=flops.bert_macs(config, lengths))
     full = flops.bert_macs(config, lengths)
     expected = full.mean() / np.mean([per_example[0, 0], per_example[3, 1], per_example[3, 2]])
@@ -284,3 +289,91 @@ def test_losses_are_the_documented_weighted_sums():
     ce = [float(-jnp.mean(jax.nn.log_softmax(logits[j])[jnp.arange(5), labels])) for j in range(3)]
     assert float(baselines.deebert_loss(logits, labels)) == pytest.approx(ce[0] + ce[1], rel=1e-6)
     assert float(baselines.pabee_loss(logits, labels)) == pytest.approx((ce[0] + 2 * ce[1] + 3 * ce[2]) / 6, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FastBERT: its student classifier, self-distillation and exit rule.
+
+
+def _fastbert_head_reference(state, mask, p):
+    """FastBERT's Classifier in float64, one example at a time, attending from every position (as its code does)
+    before taking [CLS]."""
+    f64 = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in p.items()}
+
+    def dense(name, x):
+        return x @ f64[name]["kernel"] + f64[name]["bias"]
+
+    out = []
+    for b in range(state.shape[0]):
+        h = np.tanh(dense("reduce", np.asarray(state[b], np.float64)))  # [L, 128]
+        q, k, v = dense("query", h), dense("key", h), dense("value", h)
+        heads = []
+        for head in range(baselines.FASTBERT_HEADS):
+            cols = slice(head * 64, (head + 1) * 64)
+            scores = q[:, cols] @ k[:, cols].T / math.sqrt(64)
+            scores = np.where(np.asarray(mask[b])[None, :] > 0, scores, -np.inf)
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            heads.append((probs / probs.sum(-1, keepdims=True)) @ v[:, cols])
+        attended = dense("attention_output", np.concatenate(heads, -1))  # [L, 128]
+        out.append(dense("classifier", np.tanh(dense("dense", attended[0]))))
+    return np.stack(out)
+
+
+def test_fastbert_heads_match_a_float64_reference_and_ignore_padding(workspace):
+    _, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head="fastbert")
+    assert module.head == "fastbert" and sorted(params["internal_classifiers"]) == ["layer_0", "layer_1"]
+    batch = data.make_batch(train, np.arange(12), 12)
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    logits = np.asarray(module.apply({"params": params}, *inputs))
+    base, _ = models.from_pretrained(model_dir, num_labels=2)
+    states = base.apply({"params": {k: params[k] for k in ("bert", "classifier")}}, *inputs,
+                        output_hidden_states=True).hidden_states
+    for i in range(2):
+        want = _fastbert_head_reference(np.asarray(states[i + 1]), batch["attention_mask"],
+                                        params["internal_classifiers"][f"layer_{i}"]["fastbert"])
+        np.testing.assert_allclose(logits[i], want, rtol=1e-4, atol=1e-5)
+    padded = {k: np.pad(v, ((0, 0), (0, 8))) for k, v in zip(("ids", "mask", "types"), inputs)}
+    wider = np.asarray(module.apply({"params": params}, padded["ids"], padded["mask"], padded["types"]))
+    np.testing.assert_allclose(wider, logits, atol=1e-5)  # Padding positions are masked out of the attention.
+
+
+def test_fastbert_self_distillation_trains_the_heads_only_and_exits_on_entropy(workspace):
+    root, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head="fastbert")
+
+    def objective(p):
+        batch = data.make_batch(train, np.arange(len(train)), len(train))
+        logits = module.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return float(baselines.fastbert_loss(logits, batch["label"], batch["valid"]))
+
+    before = objective(params)
+    result = baselines.train_exits(_exit_config(root, model_dir, "fastbert", mode="fastbert", max_steps=30,
+                                                learning_rate=3e-3))
+    after = objective(result.params)
+    assert result.step == 30 and after < 0.7 * before, (before, after)
+    frozen = {k: params[k] for k in ("bert", "classifier")}
+    assert _leaves_equal(frozen, {k: result.params[k] for k in ("bert", "classifier")})  # Bitwise unchanged.
+    changed = jax.tree_util.tree_map(lambda x, y: not np.array_equal(x, y), params["internal_classifiers"],
+                                     result.params["internal_classifiers"])
+    assert all(jax.tree_util.tree_leaves(changed))
+    saved_module, saved = baselines.load_multi_exit(result.model_dir)  # DEFAULT_HEAD["fastbert"] was saved.
+    assert saved_module.head == "fastbert" and _leaves_equal(saved, result.params)
+
+    # FastBERT's exit: normalised entropy ("uncertainty") below the speed, the cascade's entropy rule.
+    logits = baselines.predict_exit_logits(saved_module, saved, train, batch_size=16)
+    assert logits.shape == (3, len(train), 2)
+    z = logits.astype(np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    uncertainty = -np.sum(probs * np.log(probs), -1) / math.log(2)  # FastBERT's "uncertainty", [L, N].
+    spread = 1
+    for speed in (0.0, *np.quantile(uncertainty[:-1], [0.25, 0.5, 0.75]), 1.0 + 1e-9):
+        confident = uncertainty < speed
+        confident[-1] = True  # The last layer always answers.
+        got = baselines.exit_result(logits, "entropy", speed).exit_stage
+        np.testing.assert_array_equal(got, np.argmax(confident, axis=0))
+        spread = max(spread, len(np.unique(got))) if speed else 1
+    assert spread > 1  # Some speed really splits the examples between layers.
+    assert (baselines.exit_result(logits, "entropy", 0.0).layers == 3).all()
+    assert (baselines.exit_result(logits, "entropy", 1.0 + 1e-9).layers == 1).all()

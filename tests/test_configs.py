@@ -87,7 +87,7 @@ def test_optimizer_warms_up_then_decays_and_skips_layernorm_and_biases():
 
 def test_section_defaults_are_the_sections_own():
     d = configs.defaults(PipelineConfig)
-    assert d["members.epochs"] == 10.0 and d["data.max_length"] == 64 and d["labels.optim.epochs"] == 10.0
+    assert d["members.epochs"] == 10.0 and d["data.max_length"] == 128 and d["labels.optim.epochs"] == 10.0
     assert configs.defaults(difficulty.LabelConfig)["run.eval_batch_size"] == 64
 
 

@@ -500,7 +500,7 @@ def test_join_difficulty_by_id(tmp_path, fmt):
     rows = [{"id": int(i), "difficulty": int(i) % 2, "seeds_wrong": 1, "num_seeds": 3, "confidence": 0.25}
             for i in reversed(enc.ids.tolist() + [9999])]
     side = write_records(tmp_path / f"difficulty.{fmt}", rows)
-    joined = data.join_by_id(enc, side, ["difficulty", "confidence"])
+    joined = data.join_by_id(enc, side, ["difficulty", "confidence"], extra_ids="ignore")  # 9999: not in the split.
     assert sorted(joined.extras) == ["confidence", "difficulty"]
     np.testing.assert_array_equal(joined.extras["difficulty"], enc.ids % 2)
     (batch,) = list(data.eval_batches(joined, 6, extras=("difficulty",)))

@@ -1,7 +1,7 @@
 """Difficulty labelling: folds, vmapped members = separate runs, labels file, chunking, resume, devices, CLI.
 
 Every run here uses one tiny configuration (1-layer BERT, K=3 folds x S=2 seeds, 61 examples, max_length 16 so a
-single length bucket) so that the compiled steps are shared between tests (see difficulty._mapped_functions).
+single length bucket) so that the compiled steps are shared between tests (see stacked._mapped_functions).
 Most runs train without dropout: with dropout, each device draws its own masks (keys fold in the device index, as
 in the trainer), so only dropout-free runs can be compared across device counts; and the threefry code of dropout
 doubles compile time. The vmapped = separate test runs with dropout.
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from cascade_jax import configs, data, difficulty, metrics, models, parallel
+from cascade_jax import configs, data, difficulty, metrics, models, parallel, stacked
 from tests import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def test_folds_partition_the_training_set_into_near_equal_deterministic_folds():
         np.testing.assert_array_equal(np.union1d(m.train_positions, m.heldout_positions), np.arange(61))
         held[m.heldout_positions] += 1
     assert (held == SEEDS).all()  # Every example is held out by exactly the S members of its fold.
-    assert [len(g) for g in difficulty.groups_of(members, 4)] == [4, 2]
-    assert [len(g) for g in difficulty.groups_of(members, None)] == [6]
+    assert [len(g) for g in stacked.groups_of(members, 4)] == [4, 2]
+    assert [len(g) for g in stacked.groups_of(members, None)] == [6]
 
 
 def test_bad_settings_are_clear_errors(workspace):
@@ -109,13 +109,13 @@ def test_vmapped_members_equal_separate_runs_of_the_same_step(workspace, full_ru
     group = plan.members[::SEEDS]  # One member of each fold: training sets of 40 and 41 examples (5 or 6 steps).
     assert {data.steps_per_epoch(len(m.train_positions), 8) for m in group} == {5, 6}
     dp = parallel.DataParallel()
-    together, status, _ = difficulty.train_group(plan, group, dp, stacked=True)
+    together, status, _ = stacked.train_group(plan, group, dp, stacked=True)
     assert status == "finished"
     initial = leaves(plan.init_params(group[0].seed))
     moved = max(float(np.max(np.abs(a[0] - b))) for a, b in zip(leaves(together.params), initial))
     assert moved > 1e-3  # Training changed the parameters, so the equality below means something.
     for i, member in enumerate(group):
-        alone, _, _ = difficulty.train_group(plan, [member], dp, stacked=False)
+        alone, _, _ = stacked.train_group(plan, [member], dp, stacked=False)
         for (path, a), b, c in zip(jax.tree_util.tree_leaves_with_path(together.params), leaves(alone.params),
                                    leaves(plan.init_params(member.seed))):
             name = jax.tree_util.keystr(path)
@@ -124,7 +124,7 @@ def test_vmapped_members_equal_separate_runs_of_the_same_step(workspace, full_ru
             else:
                 np.testing.assert_allclose(a[i], b, rtol=0, atol=1e-5, err_msg=name)
         # Lock-step padding: a member with fewer examples skipped its all-padding steps (step counter unchanged).
-        own = data.steps_per_epoch(len(member.train_positions), plan.config.optim.batch_size)
+        own = data.steps_per_epoch(len(member.train_positions), plan.optim.batch_size)
         assert int(together.step[i]) == int(alone.step) == own * plan.total_steps // plan.steps_per_epoch
 
     # The same through the whole pipeline (without dropout): --sequential labels equal the vmapped run's.

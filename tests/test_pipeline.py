@@ -6,28 +6,38 @@ import pathlib
 import numpy as np
 import pytest
 
-from cascade_jax import configs, pipeline
+from cascade_jax import configs, models, pipeline, trainer
+from cascade_jax.data import holdout
 from tests import tiny
+
+
+MINIATURE = {
+    "preset": "miniature", "cuts": "everything (a test)", "task": "rotten_tomatoes", "trunc_layers": 1,
+    "bert_kl_layers": (1, 2), "max_length": 32, "seeds": 2,
+    "labels.folds": 2, "labels.seeds": 2, "labels.optim": configs.OptimConfig(epochs=1.0, batch_size=16,
+                                                                                learning_rate=3e-3),
+    "labels_shallow.folds": 2, "labels_shallow.seeds": 1,
+    "labels_shallow.optim": configs.OptimConfig(epochs=2.0, batch_size=16, learning_rate=3e-3),
+    "members": configs.OptimConfig(epochs=2.0, batch_size=16, learning_rate=3e-3),
+    "shallow": configs.OptimConfig(epochs=3.0, batch_size=16, learning_rate=1e-3),
+    "exits": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3),
+    "pabee": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3), "dar.margins": (0.3, 0.5),
+    "distill_layers": 1, "distill": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3),
+    "kd.member": True, "eval.targets": (1.2, 1.6), "eval.auc_range": (1.0, 1.5), "eval.sweep_points": 5,
+    "eval.batch_size": 16, "eval.resamples": 100, "eval.ood_tasks": ("vader_nyt",),
+    "eval.wallclock_batch_sizes": (16,), "eval.wallclock_repeats": 1, "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     small = tiny.make_model_dir(root / "small", layers=1, hidden=32, seed=1)
-    large = tiny.make_model_dir(root / "large", layers=2, hidden=32, seed=2)
+    large = tiny.make_model_dir(root / "large", layers=3, hidden=32, seed=2)
     folder = tiny.make_sentiment_folder(root / "data", n_train=64, n_dev=32, n_test=32)
-    config = configs.create(pipeline.PipelineConfig, {
-        "output_dir": str(root / "run"), "preset": "miniature", "cuts": "everything (a test)",
-        "task": "rotten_tomatoes", "source": str(folder), "small_model": str(small), "large_model": str(large),
-        "trunc_layers": 1, "bert_kl_layers": (1,), "max_length": 32,
-        "labels.folds": 2, "labels.seeds": 2, "labels.optim": configs.OptimConfig(epochs=1.0, batch_size=16,
-                                                                                    learning_rate=3e-3),
-        "members": configs.OptimConfig(epochs=2.0, batch_size=16, learning_rate=3e-3),
-        "shallow": configs.OptimConfig(epochs=3.0, batch_size=16, learning_rate=1e-3),
-        "exits": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3), "dar.margins": (0.3, 0.5),
-        "eval.targets": (1.2, 1.6), "eval.sweep_points": 5, "eval.batch_size": 16,
-        "eval.wallclock_batch_sizes": (16,), "eval.wallclock_repeats": 1, "progress": False,
-    })
+    config = configs.create(pipeline.PipelineConfig, {**MINIATURE, "output_dir": str(root / "run"),
+                                                      "source": str(folder), "small_model": str(small),
+                                                      "large_model": str(large)})
     lines = []
     spent = pipeline.run(config, log=lines.append)
     return config, lines, spent
@@ -36,48 +46,71 @@ def finished_run(tmp_path_factory):
 def test_every_stage_ran_and_wrote_its_outputs(finished_run):
     config, lines, spent = finished_run
     out = pathlib.Path(config.output_dir)
+    layout = pipeline.RunLayout(out)
     assert list(spent) == list(pipeline.STAGE_ORDER)
-    assert (out / "labels" / "difficulty.jsonl").exists() and (out / "labels" / "summary.json").exists()
-    for name in ["small-ce", "small-dar-m0.3", "small-dar-m0.5", "large", "large-1L-kd"]:
-        assert (out / "members" / name / "model" / "model.safetensors").exists(), name
-    assert (out / "baselines" / "bert-1L" / "model" / "model.safetensors").exists()
-    for name in ["deebert", "pabee"]:
-        assert (out / "baselines" / name / "model" / "config.json").exists(), name
-    doc = json.loads((out / "report" / "results.json").read_text())
-    methods = {s["method"] for s in doc["selected"]}
-    assert {"DeeBERT", "PABEE", "BERT-1L", "BERT-2L (large member)"} <= methods
-    assert sum(m.startswith("CascadeBERT") for m in methods) == 3 and any(m.startswith("Cascade w/o") for m in methods)
+    for which in ("small", "shallow"):
+        assert layout.labels_file(which).exists() and (layout.labels_dir(which) / "summary.json").exists()
+    for i in range(2):
+        for group in ("small", "shallow"):
+            for name in (pipeline.ce_member(i), pipeline.dar_member(0.3, i), pipeline.dar_member(0.5, i)):
+                assert (layout.member_model(group, name) / "model.safetensors").exists(), (group, name)
+        assert (layout.member_model("kd", pipeline.seed_member(i)) / "model.safetensors").exists()
+        assert (layout.baseline_model("bert-2L", i) / "model.safetensors").exists()
+        for mode in ("deebert", "pabee", "fastbert"):
+            assert (layout.baseline_model(mode, i) / "multi_exit.json").exists(), mode
+        for name in ("bert-pkd", "theseus", "bert-pd"):
+            assert (layout.baseline_model(name, i) / "model.safetensors").exists(), name
+    assert (layout.member_model("large", "s0") / "model.safetensors").exists()
+    shallow_labels = json.loads((layout.labels_dir("shallow") / "summary.json").read_text())
+    assert shallow_labels["num_layers"] == 1  # The truncated member's own labellers are truncations too.
+    assert (shallow_labels["folds"], shallow_labels["seeds"], shallow_labels["epochs"]) == (2, 1, 2.0)
+    doc = json.loads(layout.results_file.read_text())
+    names = doc["meta"]["names"]
+    assert {"DeeBERT", "PABEE", "FastBERT", "BERT-1L", "BERT-2L", names["main"], names["main_ce"], names["main_ts"],
+            names["trunc"], names["trunc_ce"], names["kd"], names["three"], names["large"], names["pkd"],
+            names["theseus"], names["pd"]} <= set(doc["methods"])
+    assert not any(n.startswith("CascadeBERT") and "DAR" not in n for n in doc["methods"])  # No CascadeBERT w/o DAR.
+    for name, m in doc["methods"].items():
+        seeds = 1 if name == names["large"] else 2
+        assert m["seeds"] == seeds and set(m["targets"]) == {"1.2", "1.6"}, name
+        for row in m["targets"].values():
+            assert len(row["dev_speedup"]) == len(row["test_metric"]) == seeds
+            low, high = row["accuracy_interval"]
+            assert low <= row["pooled_accuracy"] <= high
     assert doc["meta"]["margin"] in (0.3, 0.5) and set(doc["meta"]["margin_dev_scores"]) == {"0.3", "0.5"}
-    assert len(doc["table5"]) == 2 and len(doc["wallclock"]) == 2
-    assert (out / "report" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(doc["exit_layers"]) == {"DeeBERT", "PABEE"} and all(len(v) == 2 for v in doc["exit_layers"].values())
-    # The truncated models train with the shallow settings, the complete members with the members' settings.
-    for run_dir, epochs, lr in [(out / "baselines" / "bert-1L", 3.0, 1e-3), (out / "members" / "large-1L-kd", 3.0, 1e-3),
-                                (out / "members" / "large", 2.0, 3e-3)]:
-        saved = json.loads((run_dir / "config.json").read_text())["optim"]
-        assert (saved["epochs"], saved["learning_rate"]) == (epochs, lr), run_dir
-    assert any("rest ~" in line or "running" in line for line in lines)
+    assert {c["key"] for c in doc["claims"]} >= {"dar_cascade", "dar_cascade_trunc", "vs_deebert", "vs_pabee",
+                                                  "vs_fastbert", "vs_bert_2l", "vs_pkd", "vs_theseus", "vs_pd",
+                                                  "complete_vs_truncated", "complete_vs_truncated_kd",
+                                                  "dar_vs_temperature"}
+    for c in doc["claims"]:
+        for r in c["rows"]:
+            assert r["verdict"] in ("reproduces", "contradicted", "not distinguishable") or r["verdict"].startswith(
+                "no comparison"), r
+    assert all(t is not None and t > 0 for t in doc["methods"][names["main_ts"]]["temperatures"])
+    assert set(doc["table5"]) == {"small/test", "small/dev", "shallow/test", "shallow/dev"}
+    assert doc["ood"]["removed_as_in_train"] == {"vader_nyt": 0} and doc["ood"]["sizes"]["vader_nyt"] > 4000
+    assert len(doc["wallclock"]) == 2 and set(doc["exit_layers"]) == {"DeeBERT", "PABEE", "FastBERT"}
+    assert all(len(seeds) == 2 and len(seeds[0]) == 3 for seeds in doc["exit_layers"].values())
+    thresholds = doc["cascade_thresholds"]
+    assert thresholds["method"] == names["main"] and set(thresholds["thresholds"]) == {"1.2", "1.6"}
+    assert all((out / m).is_dir() for m in thresholds["members"])
+    assert (layout.report_dir / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("running" in line for line in lines)
 
 
 def test_results_page_comes_from_the_results_file(finished_run, tmp_path):
     config, _, _ = finished_run
     page = pipeline.write_results_page(config.output_dir, tmp_path / "docs" / "results.md")
     text = page.read_text()
-    doc = json.loads((pathlib.Path(config.output_dir) / "report" / "results.json").read_text())
-    assert "Table 2" in text and "Table 5" in text and "What reproduces" in text
-    se = 100 * np.sqrt(0.75 * 0.25 / doc["meta"]["test_examples"])
-    assert f"standard error of {se:.1f} points" in text
-    first = doc["selected"][0]
-    assert f"{first['test']['metrics'][doc['meta']['metric']] * 100:.2f}" in text
+    doc = json.loads(pipeline.RunLayout(config.output_dir).results_file.read_text())
+    assert "Table 2" in text and "Table 5" in text and "findings, decided by intervals" in text
+    main = doc["meta"]["names"]["main"]
+    row = doc["methods"][main]["targets"]["1.2"]
+    assert f"{row['pooled_accuracy'] * 100:.2f} [{row['accuracy_interval'][0] * 100:.2f}, " in text
+    for claim in doc["claims"]:
+        assert claim["text"] in text
     assert (tmp_path / "docs" / "results_curve.png").exists()
-    # Each member alone, once, with the cascades it is used in; each exit layer of DeeBERT and PABEE.
-    members = text.split("## The cascade members alone (dev)")[1].split("##")[0]
-    assert sum(line.startswith("| large |") for line in members.splitlines()) == 1
-    assert "small-ce" in members and "large-1L-kd" in members
-    exits = text.split("## Internal classifiers")[1].split("##")[0]
-    for name, layers in doc["exit_layers"].items():
-        row = f"| {name} | " + " | ".join(f"{m['metrics']['accuracy'] * 100:.2f}" for m in layers) + " |"
-        assert row in exits
+    assert "Out of domain" in text and "vader_nyt" in text and "Internal classifiers" in text
 
 
 def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):
@@ -116,3 +149,38 @@ def test_a_trained_cascade_predicts_raw_texts(finished_run):
     np.testing.assert_allclose([o["confidence"] for o in out], sim.probs.max(-1), atol=1e-6)
     with pytest.raises(ValueError, match="non-empty"):
         predictor.predict(["", "x"])
+
+
+def _write_tsv(path, header, rows):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def test_a_glue_task_holds_out_part_of_dev_as_its_labelled_test_split(tmp_path):
+    """SST-2 in the official GLUE layout: its test split has no labels, so the pipeline tests on a seeded half of
+    dev, and the members select their checkpoints on the other half only."""
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    rows = tiny.sentiment_rows(96, 0)
+    _write_tsv(folder / "train.tsv", ["sentence", "label"], rows[:64])
+    _write_tsv(folder / "dev.tsv", ["sentence", "label"], rows[64:])
+    _write_tsv(folder / "test.tsv", ["index", "sentence"], [(i, s) for i, (s, _) in enumerate(rows[64:])])
+    small = tiny.make_model_dir(tmp_path / "small", layers=1, hidden=32, seed=1)
+    large = tiny.make_model_dir(tmp_path / "large", layers=2, hidden=32, seed=2)
+    config = configs.create(pipeline.PipelineConfig, {
+        **MINIATURE, "output_dir": str(tmp_path / "run"), "task": "sst2", "source": str(tmp_path),
+        "small_model": str(small), "large_model": str(large), "seeds": 1, "bert_kl_layers": (1,),
+        "dar.margins": (0.5,), "kd.member": False, "eval.ood_tasks": (), "eval.wallclock_batch_sizes": (),
+        "dev_eval": "epoch", "members": configs.OptimConfig(epochs=1.0, batch_size=16, learning_rate=3e-3)})
+    pipeline.run(config)
+    doc = json.loads(pipeline.RunLayout(config.output_dir).results_file.read_text())
+    assert (doc["meta"]["dev_examples"], doc["meta"]["test_examples"]) == (16, 16)
+    assert "held out as test" in doc["meta"]["test_source"] and "withheld" in doc["meta"]["test_source"]
+    assert all(0 <= r["pooled_accuracy"] <= 1 for m in doc["methods"].values() for r in m["targets"].values())
+    # Training selects its checkpoints on the 16 dev examples that are not the test examples.
+    tokenizer = models.tokenizer_for(large)
+    _, dev = trainer.load_training_data(trainer.TrainConfig(output_dir="unused", data=config.data), tokenizer)
+    _, test, _ = holdout.dev_and_test("sst2", str(tmp_path), tokenizer=tokenizer, max_length=32)
+    assert len(dev) == len(test) == 16 and not set(dev.ids.tolist()) & set(test.ids.tolist())
+    evals = [json.loads(line) for line in (pipeline.RunLayout(config.output_dir).group("small") /
+                                           "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "eval" for r in evals)

@@ -111,19 +111,29 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message says what went wrong and what to do: printed as they are, without a traceback."""
-    from cascade_jax import data, models
+    """Errors whose message says what went wrong and what to do: printed as they are, without a traceback.
+
+    Bad settings (ConfigError), bad data (DataError and its kinds), missing files and folders (FileNotFoundError:
+    data files, model directories, AssetMissingError for a built-in asset not installed or damaged), models that
+    cannot be used (ModelLoadError: unreadable or cut-short weights, no tokenizer files, inputs beyond the
+    vocabulary or position table) and unusable prediction inputs (PredictError).
+    """
+    from cascade_jax import assets, data, models
+    from cascade_jax.predict import PredictError
 
     return (configs.ConfigError, data.DataError, data.DataFileNotFoundError, data.HubUnavailableError,
-            models.ModelLoadError, FileNotFoundError)
+            models.ModelLoadError, assets.AssetMissingError, PredictError, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run an entry point's ``body``; a user error prints ``prog: message`` on stderr and exits 2."""
+    """Run an entry point's ``body``; a user error prints ``prog: error: message`` as one line on stderr (no
+    traceback) and returns 2."""
     try:
         return body()
     except user_errors() as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n")).strip() or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 
 

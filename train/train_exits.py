@@ -1,4 +1,4 @@
-"""Train the early-exit baselines on a fine-tuned model: DeeBERT's internal classifiers or PABEE.
+"""Train the early-exit baselines on a fine-tuned model: DeeBERT's or FastBERT's internal classifiers, or PABEE.
 
     # DeeBERT stage 2: internal classifiers on the frozen fine-tuned model (backbone and final classifier frozen)
     python -m train.train_exits --model runs/l6/model --mode deebert --output-dir runs/deebert

@@ -23,15 +23,16 @@ from cascade_jax.data.batching import (DEFAULT_BUCKETS, batches_from_step, bucke
 from cascade_jax.data.encode import (Encoded, cache_key, default_cache_root, encode, encode_split, load_tokenizer,
                                      select, subset, tokenizer_fingerprint)
 from cascade_jax.data.errors import (BadRowError, CoverageError, DataError, DataFileNotFoundError, DecodeError,
-                                     HubUnavailableError, LabelError, MissingColumnError, UnknownSplitError,
-                                     UnknownTaskError)
+                                     ForeignIdsError, HubUnavailableError, LabelError, MissingColumnError,
+                                     SingleFileDevError, UnknownSplitError, UnknownTaskError)
 from cascade_jax.data.side import SIDE_COLUMNS, join_by_id, read_side_file
-from cascade_jax.data.sources import load_split, locate_source, movie_split, source_fingerprint
+from cascade_jax.data.sources import is_blank, load_split, locate_source, movie_split, source_fingerprint
 from cascade_jax.data.tasks import TASKS, Task, get_task, resolve_split
 
 __all__ = [
     "DEFAULT_BUCKETS", "SIDE_COLUMNS", "batches_from_step", "TASKS", "BadRowError", "CoverageError", "DataError",
-    "DataFileNotFoundError", "DecodeError", "Encoded", "HubUnavailableError", "LabelError", "MissingColumnError",
+    "DataFileNotFoundError", "DecodeError", "Encoded", "ForeignIdsError", "HubUnavailableError", "LabelError",
+    "MissingColumnError", "SingleFileDevError", "is_blank",
     "Task", "UnknownSplitError", "UnknownTaskError", "bucket_length", "bucket_set", "cache_key",
     "default_cache_root", "device_layout", "encode", "encode_split", "epoch_permutation", "eval_batches",
     "get_task", "join_by_id", "load_split", "load_tokenizer", "locate_source", "make_batch", "movie_split",

@@ -47,5 +47,14 @@ class CoverageError(DataError):
     """A per-example side file (e.g. difficulty labels) that does not cover every example."""
 
 
+class ForeignIdsError(DataError):
+    """A per-example side file holding ids that are not examples of the split it is joined to (made for other
+    data): the message gives the count and says how to allow it."""
+
+
+class SingleFileDevError(DataError):
+    """The dev split asked of a single-file source (the training data would be its own dev set)."""
+
+
 class HubUnavailableError(ConnectionError):
     """The Hugging Face hub cannot be reached; the message says how to use a local copy (``source=``)."""

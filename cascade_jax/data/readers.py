@@ -23,6 +23,9 @@ from typing import Any
 from cascade_jax.data.errors import BadRowError, DataError, DataFileNotFoundError, DecodeError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+# What to do about an unusable row, in the messages: ``bad_rows`` is a Python argument of ``data.load_split`` only.
+BAD_ROWS_HINT = ("fix or delete that row, or drop every such row with bad_rows='skip' (a Python argument of "
+                 "data.load_split / data.encode_split; the command-line tools have no flag for it)")
 _COMPRESSION = {".bz2": bz2.open, ".gz": gzip.open}
 _BOM = "\ufeff"
 
@@ -98,7 +101,7 @@ def _delimited_rows(path: pathlib.Path, delimiter: str, quoting: int, names: tup
                 if skip_bad:
                     continue
                 raise BadRowError(f"{path}, {where}: {len(values)} fields but the header has {len(header)} "
-                                  f"({', '.join(header)}); pass bad_rows='skip' to drop such rows")
+                                  f"({', '.join(header)}); {BAD_ROWS_HINT}")
             yield where, dict(zip(header, values))
     except csv.Error as e:
         raise DataError(f"{path}, line {reader.line_num}: malformed {file_format(path)} ({e})") from None
@@ -122,8 +125,44 @@ def read_delimited(path: pathlib.Path, delimiter: str, *, quoting: int = csv.QUO
     names = None
     if headerless_names and not set(header_must_have) <= set(first):
         names = tuple(headerless_names)
+    if names is None:
+        check_unique_columns(path, first, "line 1 (the header)")
     columns = names if names is not None else tuple(first)
     return Table(path, columns, _delimited_rows(path, delimiter, quoting, names, skip_bad, fallback))
+
+
+def check_unique_columns(path: pathlib.Path, columns, where: str) -> None:
+    """Raise :class:`DataError` naming ``path`` and the column when a column name appears twice in ``columns``
+    (a reader would otherwise keep only the last one's values)."""
+    seen: dict[str, int] = {}
+    for c in columns:
+        seen[c] = seen.get(c, 0) + 1
+    dup = [c for c, k in seen.items() if k > 1]
+    if dup:
+        raise DataError(f"{path}, {where}: column {dup[0]!r} appears {seen[dup[0]]} times"
+                        + (f" (also duplicated: {', '.join(map(repr, dup[1:]))})" if len(dup) > 1 else "")
+                        + f"; the header is: {', '.join(columns)}. Give each column its own name (only one of them "
+                        f"can be a task field)")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs):
+    """``object_pairs_hook`` for :mod:`json` that refuses a key given twice in one object."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_unique_pairs)
 
 
 def _read_text(path: pathlib.Path) -> str:
@@ -151,9 +190,12 @@ def _jsonl_records(path: pathlib.Path, text: str) -> list[tuple[str, dict[str, A
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}, line {line_no}: key {e.key!r} appears twice in one object; give each column "
+                            f"its own name") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
         out.append((f"line {line_no}", record))
@@ -163,11 +205,14 @@ def _jsonl_records(path: pathlib.Path, text: str) -> list[tuple[str, dict[str, A
 def _json_records(path: pathlib.Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     """Parse a JSON document: a list of objects, or an object of equal-length column lists; else JSON lines."""
     try:
-        doc = json.loads(text)
+        doc = _loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several documents: JSON lines saved as .json
             return _jsonl_records(path, text)
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except _DuplicateKey as e:
+        raise DataError(f"{path}: key {e.key!r} appears twice in one object; give each column its own "
+                        f"name") from None
     if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
         lengths = {k: len(v) for k, v in doc.items()}
         if len(set(lengths.values())) != 1:
@@ -198,9 +243,11 @@ def read_parquet(path: pathlib.Path) -> Table:
     if not path.is_file():
         raise DataFileNotFoundError(f"data file not found: {path}")
     try:
-        columns = pq.read_table(path).to_pydict()
+        table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: cannot read parquet ({e})") from None
+    check_unique_columns(path, table.column_names, "schema")
+    columns = table.to_pydict()
     names = tuple(columns)
     rows = [(f"row {i}", dict(zip(names, values))) for i, values in enumerate(zip(*columns.values()))]
     return Table(path, names, rows)

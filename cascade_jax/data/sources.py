@@ -10,7 +10,10 @@ Sources (one loading path each):
   ``<split>.<csv|tsv|json|jsonl|parquet>``.
 * ``source=<file>``: one csv/tsv/json/jsonl/parquet file. ``columns={"file column": "task field"}`` renames columns
   (task fields: the task's text fields, ``label``, ``id``). Without ``columns``, the official GLUE column names are
-  used when the file has them (e.g. MRPC's ``#1 String``), else the task's own field names.
+  used when the file has them (e.g. MRPC's ``#1 String``), else the task's own field names. A single file serves
+  any split asked for, except a dev split (``dev``/``validation*``): that would make the training data its own dev
+  set, so it is a :class:`SingleFileDevError` unless the file's name says it is a dev file (``dev.csv``,
+  ``validation.jsonl``, ``dev_matched.tsv``). Pass a folder with one file per split instead.
 
 Every returned dataset has the columns ``id`` (int64), the task's text fields (string) and ``label``
 (``ClassLabel`` with the task's label names, or float32 for regression; ``-1`` in an unlabelled test split).
@@ -30,6 +33,7 @@ import math
 import os
 import pathlib
 import socket
+import unicodedata
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -37,11 +41,16 @@ from typing import Any
 import numpy as np
 
 from cascade_jax.data.errors import (BadRowError, DataError, DataFileNotFoundError, HubUnavailableError,
-                                     LabelError, MissingColumnError, UnknownSplitError)
-from cascade_jax.data.readers import FORMATS, Table, decoded_lines, file_format, read_delimited, read_table
+                                     LabelError, MissingColumnError, SingleFileDevError, UnknownSplitError)
+from cascade_jax.data.readers import (BAD_ROWS_HINT, FORMATS, Table, decoded_lines, file_format, read_delimited,
+                                      read_table)
 from cascade_jax.data.tasks import Task, get_task, resolve_split
 
 BAD_ROWS = ("error", "skip")
+# How to map file columns, in the messages: ``columns`` is a Python argument of ``data.load_split`` only.
+COLUMNS_HINT = ("rename the file's columns to the task's field names, or map them with columns={'file column': "
+                "'field'} (a Python argument of data.load_split / data.encode_split; the command-line tools have no "
+                "flag for it, so on the command line rename the columns)")
 HUB_PROBE_TIMEOUT_S = 3.0
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 # Built-in files are read as UTF-8; a copy that is not falls back to cp1252 line by line (the files in
@@ -106,9 +115,18 @@ def locate_source(task: Task, split: str, source: str | os.PathLike) -> tuple[pa
     path = pathlib.Path(source).expanduser()
     if path.is_file():
         try:
-            return path, resolve_split(task, split)
+            name = resolve_split(task, split)
         except UnknownSplitError:
             return path, split
+        if is_dev_split(task, name) and not file_names_split(task, path, name):
+            raise SingleFileDevError(
+                f"{path} is a single file, and it would serve every split: split {split!r} is the dev set "
+                f"({name}), which chooses checkpoints and thresholds, and taking it from the training data scores "
+                f"the model on what it trained on. Pass a folder as the source (--source FOLDER) holding "
+                f"train.<ext> and validation.<ext> (or dev.<ext>; ext one of {', '.join(FORMATS)}) or the official "
+                f"GLUE files; a single file serves as a dev set only when its name says so (e.g. dev.csv, "
+                f"validation.jsonl{', ' + task.glue_files[name] if name in task.glue_files else ''})")
+        return path, name
     if not path.is_dir():
         raise DataFileNotFoundError(f"data source not found: {path} (no such file or folder)")
     name = resolve_split(task, split)
@@ -121,6 +139,25 @@ def locate_source(task: Task, split: str, source: str | os.PathLike) -> tuple[pa
     raise DataFileNotFoundError(
         f"no file for split {name!r} of task {task.name!r} in {path}; looked for: "
         + ", ".join(str(c) for c in candidates))
+
+
+def is_dev_split(task: Task, name: str) -> bool:
+    """Whether canonical split ``name`` is a dev (validation) split of ``task``."""
+    return name == task.dev_split or name.startswith("validation")
+
+
+def file_names_split(task: Task, file: pathlib.Path, name: str) -> bool:
+    """Whether ``file``'s own name says it holds split ``name`` (``dev.csv``, ``validation.jsonl.gz``,
+    ``dev_matched.tsv``, the official GLUE file name)."""
+    if task.glue_files.get(name) == file.name:
+        return True
+    stem = file.name
+    for _ in range(2):  # data.tsv.gz -> data.tsv -> data
+        stem = pathlib.Path(stem).stem if pathlib.Path(stem).suffix else stem
+    try:
+        return resolve_split(task, stem.lower()) == name
+    except UnknownSplitError:
+        return False
 
 
 def source_fingerprint(task: str | Task, split: str, source: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -165,13 +202,15 @@ def choose_mapping(task: Task, table: Table, columns: Mapping[str, str] | None =
     if columns:
         absent = [c for c in columns if c not in header]
         if absent:
-            raise MissingColumnError(f"{table.path}: no column {', '.join(map(repr, absent))} (from columns=); "
-                                     f"the file has: {', '.join(header)}")
+            raise MissingColumnError(f"{table.path}: no column {', '.join(map(repr, absent))} (from columns=, an "
+                                     f"argument of data.load_split); the file has: {', '.join(header)}")
         unknown = [v for v in columns.values() if v not in fields]
         if unknown:
-            raise DataError(f"columns= maps to {unknown}, which are not fields of task {task.name!r}: {fields}")
+            raise DataError(f"columns= (an argument of data.load_split) maps to {unknown}, which are not fields of "
+                            f"task {task.name!r}: {fields}")
         if len(set(columns.values())) != len(columns):
-            raise DataError(f"columns= maps two file columns to the same field: {dict(columns)}")
+            raise DataError(f"columns= (an argument of data.load_split) maps two file columns to the same field: "
+                            f"{dict(columns)}")
         mapping = {c: c for c in header if c in fields and c not in columns.values() and c not in columns}
         mapping.update(columns)
     else:
@@ -185,7 +224,7 @@ def choose_mapping(task: Task, table: Table, columns: Mapping[str, str] | None =
     if missing:
         raise MissingColumnError(
             f"{table.path}: no column for text field(s) {', '.join(map(repr, missing))} of task {task.name!r}; "
-            f"the file has: {', '.join(header) or '(no columns)'}. Rename them with columns={{'file column': 'field'}}")
+            f"the file has: {', '.join(header) or '(no columns)'}. To use other columns, {COLUMNS_HINT}")
     return mapping
 
 
@@ -199,7 +238,8 @@ def build_dataset(task: Task, split: str, table: Table, mapping: Mapping[str, st
     unlabelled_ok = split.startswith("test")
     if "label" not in by_field and not unlabelled_ok:
         raise MissingColumnError(f"{table.path}: no label column for split {split!r} of task {task.name!r} "
-                                 f"(only test splits may be unlabelled); the file has: {', '.join(table.columns)}")
+                                 f"(only test splits may be unlabelled); the file has: {', '.join(table.columns)}. "
+                                 f"If one of them is the label, {COLUMNS_HINT}")
     ids: list[int] = []
     texts: dict[str, list[str]] = {f: [] for f in task.text_fields}
     labels: list[int | float] = []
@@ -247,9 +287,16 @@ def text_value(value: Any, field: str, column: str, loc: str) -> str:
         raise BadRowError(f"{loc}: text field {field!r} (column {column!r}) is missing")
     if not isinstance(value, str):
         raise BadRowError(f"{loc}: text field {field!r} (column {column!r}) is not text: {value!r}")
-    if not value.strip():
-        raise BadRowError(f"{loc}: text field {field!r} (column {column!r}) is empty")
+    if is_blank(value):
+        raise BadRowError(f"{loc}: text field {field!r} (column {column!r}) is empty (nothing but whitespace or "
+                          f"invisible characters); {BAD_ROWS_HINT}")
     return value
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no visible character: only whitespace, control and format characters (zero-width
+    spaces, byte-order marks, ...), which a BERT tokenizer drops, leaving no token."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)
 
 
 def parse_label(task: Task, value: Any, loc: str, *, allow_unlabelled: bool = False) -> int | float:
@@ -415,8 +462,10 @@ def _hub_hint(task: Task, split: str, reason: str) -> str:
     repo, config = task.hub or ("?", "?")
     example = f"glue_data/{task.glue_dir}/{task.glue_files.get(split, split + '.tsv')}"
     return (f"cannot load {repo} ({config}, split {split!r}) from the Hugging Face hub: {reason}. "
-            f"Point at a local copy instead: load_split({task.name!r}, {split!r}, source='path/to/glue_data') with "
-            f"the official GLUE layout (e.g. {example}), or source='file.csv|tsv|json|jsonl|parquet' with columns=.")
+            f"Point at a local copy instead (--source on the command line; source= in Python): a folder "
+            f"'path/to/glue_data' with the official GLUE layout (e.g. {example}), or a folder with "
+            f"train/validation/test .csv|.tsv|.json|.jsonl|.parquet files (load_split({task.name!r}, {split!r}, "
+            f"source=..., columns=...) maps other column names in Python).")
 
 
 def load_hub(task: Task, split: str):

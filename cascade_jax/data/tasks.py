@@ -43,6 +43,7 @@ class Task:
         ``"label"``.
       glue_headerless: column names for official files that have no header row (CoLA train/dev), else ``()``.
       label_aliases: extra label spellings accepted in files, ``{spelling: index}`` (e.g. ``fresh`` -> 1).
+      test_labelled: False when the test split's labels are withheld (GLUE): evaluation then holds out part of dev.
     """
 
     name: str
@@ -58,6 +59,7 @@ class Task:
     glue_columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
     glue_headerless: tuple[str, ...] = ()
     label_aliases: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    test_labelled: bool = True
 
     def __post_init__(self) -> None:
         for name in ("glue_files", "glue_columns", "label_aliases"):
@@ -87,6 +89,7 @@ def _glue(name: str, glue_dir: str, text_fields: tuple[str, ...], label_names: t
           glue_columns: Mapping[str, str], **kw) -> Task:
     """A GLUE task with the standard train/validation/test splits and hub config ``name``."""
     kw.setdefault("glue_files", _STANDARD_FILES)
+    kw.setdefault("test_labelled", False)
     return Task(name=name, text_fields=text_fields, label_names=label_names, metric=metric,
                 hub=("nyu-mll/glue", name), glue_dir=glue_dir, glue_columns=glue_columns, **kw)
 

@@ -11,7 +11,7 @@ from cascade_jax.configs import DataConfig, OptimConfig, field, section
 
 @dataclasses.dataclass(frozen=True)
 class LabelSettings:
-    """Difficulty labels for the small member: K folds x S seeds, each member fine-tuned with ``optim``."""
+    """Difficulty labels of a small member (the complete one, and the truncated one): K folds x S seeds."""
 
     folds: int = field(8, "K: folds (paper: 8)")
     seeds: int = field(5, "S: seeds per fold (paper: 5)")
@@ -27,15 +27,23 @@ class DarSettings:
 
 @dataclasses.dataclass(frozen=True)
 class KdSettings:
-    temperature: float = field(2.0, "distillation temperature of the truncated member")
+    temperature: float = field(2.0, "distillation temperature")
     alpha: float = field(0.5, "weight of the KD term (1 - alpha on CE)")
+    member: bool = field(True, "train the truncated member with KD too (the paper's Sec. 5.4 variant)")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    targets: tuple[float, ...] = field((1.25, 1.5, 1.75), "target layer speed-ups of the operating points")
+    targets: tuple[float, ...] = field((1.25, 1.5, 1.75, 2.0, 2.5), "target layer speed-ups of the operating points")
+    auc_range: tuple[float, ...] = field((1.0, 2.0), "layer speed-ups over which the threshold-free mean accuracy is "
+                                                     "taken")
     sweep_points: int = field(41, "thresholds per sweep (quantiles of the exit statistic, plus the extremes)")
     batch_size: int = field(64, "inference batch size")
+    resamples: int = field(1000, "bootstrap resamples (paired over test examples, seeds resampled too)")
+    ood_tasks: tuple[str, ...] = field(("vader_amazon", "vader_nyt", "vader_tweets"),
+                                       "out-of-domain test sets (deduplicated against the training split)")
+    ood_max_examples: int | None = field(None, "evaluate at most this many examples of each out-of-domain set (a "
+                                               "seeded sample; default: all)")
     wallclock_batch_sizes: tuple[int, ...] = field((64, 256), "batch sizes of the wall-clock timings")
     wallclock_repeats: int = field(3, "timed repeats of each wall-clock measurement (best is kept)")
     wallclock_targets: tuple[float, ...] | None = field(None, "targets timed by wall clock (default: every target)")
@@ -45,28 +53,36 @@ class EvalSettings:
 class PipelineConfig:
     """Everything the pipeline does (saved as ``pipeline_config.json``). :data:`PRESETS` hold the standard settings.
 
-    ``cuts`` says in words what a preset leaves out of the paper's protocol, and is printed and written into the
-    results.
+    ``cuts`` says in words what a preset leaves out of the paper's protocol (derived from its difference with the
+    ``paper`` preset when empty), and is printed and written into the results.
     """
 
     output_dir: str = field("", "where everything goes; reused to resume")
     preset: str = field("custom", "the preset these settings came from")
     cuts: str = field("", "what these settings leave out of the paper's protocol, in words")
-    data: DataConfig = section(DataConfig, max_length=64)
+    data: DataConfig = section(DataConfig, max_length=128)
     small_model: str = field("minilm-l3", "the small member (a complete small model)")
     large_model: str = field("minilm-l6", "the large member")
-    trunc_layers: int = field(2, "layers of the truncated member distilled from the large one")
-    bert_kl_layers: tuple[int, ...] = field((2, 3), "k of the static BERT-kL baselines")
+    trunc_layers: int = field(2, "layers of the truncated small member (first k layers of the large model)")
+    bert_kl_layers: tuple[int, ...] = field((2, 3), "k of the static BERT-kL baselines (k = trunc_layers is the "
+                                                    "truncated member trained without DAR)")
+    seeds: int = field(3, "seeds of every trained method")
+    large_seeds: int = field(1, "seeds of the large member (shared by every cascade)")
     labels: LabelSettings = section(LabelSettings)
+    labels_shallow: LabelSettings = section(LabelSettings)
     members: OptimConfig = section(OptimConfig, epochs=10.0)
     shallow: OptimConfig = section(OptimConfig, epochs=10.0)
     exits: OptimConfig = section(OptimConfig, epochs=10.0)
+    pabee: OptimConfig = section(OptimConfig, epochs=10.0)
+    distill_layers: int = field(3, "layers of the distilled static baselines (BERT-PKD, BERT-of-Theseus); BERT-PD "
+                                   "is the complete small model")
+    distill: OptimConfig = section(OptimConfig, epochs=10.0)
     dar: DarSettings = section(DarSettings)
     kd: KdSettings = section(KdSettings)
     eval: EvalSettings = section(EvalSettings)
     dev_eval: str = field("epoch", "members scored on dev each epoch and the best kept, or once at the end",
                           choices=("epoch", "end"))
-    seed: int = field(0, "seed of every training run and of the fold assignment")
+    seed: int = field(0, "first seed; seed i of a method is seed + i; also the fold assignment")
     progress: bool = field(True, "per-step progress bars")
 
     def __post_init__(self):
@@ -80,37 +96,44 @@ class PipelineConfig:
                                       f"{list(self.eval.targets)}")
         if not self.dar.margins:
             raise configs.ConfigError("dar.margins needs at least one margin")
+        if self.seeds < 1 or self.large_seeds < 1:
+            raise configs.ConfigError("seeds and large_seeds must be at least 1")
+        if len(self.eval.auc_range) != 2 or not self.eval.auc_range[0] < self.eval.auc_range[1]:
+            raise configs.ConfigError(f"eval.auc_range must be (low, high) with low < high, got "
+                                      f"{self.eval.auc_range}")
 
 
 # Settings a resumed pipeline may change (they change nothing that was trained): progress bars, and the evaluation
 # (the evaluate stage runs again when they change).
-RESUME_FREE = ("progress",)
+RESUME_FREE = ("progress", "cuts")
 EVAL_SECTION = "eval"
 
+_QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 4.0,
+                 "shallow.learning_rate": 3e-4, "exits.epochs": 3.0, "exits.learning_rate": 5e-3,
+                 "pabee.epochs": 2.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
+                 "distill.epochs": 1.0, "distill.learning_rate": 2e-4}
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"preset": "paper"},
     "quick": {
-        "preset": "quick",
-        "cuts": "trains on a 1,600-example sample of the 10,643 training reviews; difficulty labels from K=3 folds x "
-                "S=2 seeds x 1 epoch (paper: K=8, S=5, 10 epochs); the 3- and 6-layer members 2 epochs at lr 1e-4, "
-                "the 2-layer truncations of minilm-l6 (KD member, BERT-2L) 4 epochs at lr 2e-4, the DeeBERT and "
-                "PABEE exits 2 epochs at lr 2e-4 (paper: 10 epochs at 2e-5); members scored on dev once, after their "
-                "last step, and that model kept (the paper preset scores every epoch and keeps the best); one DAR "
-                "margin (0.5) instead of a search over {0.1, 0.3, 0.5, 0.7}; BERT-kL for k=2 only; wall-clock timed "
-                "at the 1.5x operating point and batch 64 only, best of 2",
-        "data.train_subset": 1600,
-        "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, "labels.optim.learning_rate": 1e-4,
-        "members.epochs": 2.0, "members.learning_rate": 1e-4,
-        "shallow.epochs": 4.0, "shallow.learning_rate": 2e-4,
-        "exits.epochs": 2.0, "exits.learning_rate": 2e-4,
-        "dar.margins": (0.5,), "bert_kl_layers": (2,), "dev_eval": "end",
+        "preset": "quick", "data.train_subset": 1200, "data.max_length": 64, "seeds": 1,
+        "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, **_QUICK_EPOCHS,
+        "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 5.0,
+        "labels_shallow.optim.learning_rate": 3e-4,
+        "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
         "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
-        "eval.sweep_points": 31,
+        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 1000,
     },
-    "paper": {
-        "preset": "paper",
-        "cuts": "none of the protocol (K=8 folds x 5 seeds, 10 epochs, lr 2e-5, margins searched on dev); the models "
-                "are MiniLM-L3/L6 rather than BERT-base-sized members, and the task is rotten_tomatoes unless --task "
-                "says",
+    "standard": {
+        "preset": "standard", "data.max_length": 64, "seeds": 3,
+        "labels.folds": 4, "labels.seeds": 2, "labels.optim.epochs": 1.0, "labels.optim.learning_rate": 1e-4,
+        "labels_shallow.folds": 4, "labels_shallow.seeds": 2, "labels_shallow.optim.epochs": 1.0,
+        "labels_shallow.optim.learning_rate": 2e-4,
+        "members.epochs": 1.0, "members.learning_rate": 1e-4, "shallow.epochs": 1.0, "shallow.learning_rate": 2e-4,
+        "exits.epochs": 1.0, "exits.learning_rate": 5e-3, "pabee.epochs": 1.0, "pabee.learning_rate": 2e-4,
+        "distill.epochs": 1.0, "distill.learning_rate": 1e-4,
+        "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
+        "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
     },
 }
 
@@ -119,5 +142,52 @@ def make_config(preset: str, output_dir: str, overrides: dict[str, Any] | None =
     """A :class:`PipelineConfig` from a preset name and explicit overrides (dotted paths or unique leaf names)."""
     if preset not in PRESETS:
         raise configs.ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = PipelineConfig(output_dir=output_dir)
-    return configs.override(config, {**PRESETS[preset], **(overrides or {})})
+    config = configs.override(PipelineConfig(output_dir=output_dir), {**PRESETS[preset], **(overrides or {})})
+    if not config.cuts:
+        config = dataclasses.replace(config, cuts=describe_cuts(config))
+    return config
+
+
+_PAPER_WORDS = {
+    "data.train_subset": "trains on a sample of {} training examples (paper: the whole training split)",
+    "data.max_length": "inputs cut at {} tokens (paper: 128)",
+    "seeds": "{} seed(s) per method",
+    "labels.folds": "difficulty labels from K={} folds (paper: 8)",
+    "labels.seeds": "S={} seeds per fold (paper: 5)",
+    "labels.optim.epochs": "labellers trained {} epoch(s) (paper: 10)",
+    "labels.optim.learning_rate": "labellers at lr {} (paper: 2e-5)",
+    "labels_shallow.folds": "the truncated member's difficulty labels from K={} folds (paper: 8)",
+    "labels_shallow.seeds": "S={} seeds per fold for them (paper: 5)",
+    "labels_shallow.optim.epochs": "their labellers trained {} epoch(s) (paper: 10)",
+    "labels_shallow.optim.learning_rate": "their labellers at lr {} (paper: 2e-5)",
+    "members.epochs": "the 3- and 6-layer members {} epoch(s) (paper: 10)",
+    "members.learning_rate": "members at lr {} (paper: 2e-5)",
+    "shallow.epochs": "the truncated members and BERT-kL {} epoch(s) (paper: 10)",
+    "shallow.learning_rate": "truncated members at lr {} (paper: 2e-5)",
+    "exits.epochs": "DeeBERT's and FastBERT's heads {} epoch(s) (paper: 10)",
+    "exits.learning_rate": "DeeBERT's and FastBERT's heads at lr {} (paper: 2e-5)",
+    "pabee.epochs": "PABEE {} epoch(s) (paper: 10)",
+    "pabee.learning_rate": "PABEE at lr {} (paper: 2e-5)",
+    "distill.epochs": "BERT-PKD, BERT-of-Theseus (each phase) and BERT-PD {} epoch(s) (paper: 10)",
+    "distill.learning_rate": "the distilled baselines at lr {} (paper: 2e-5)",
+    "dar.margins": "DAR margin(s) {} without a search (paper: searched over 0.1, 0.3, 0.5, 0.7 on dev)",
+    "kd.member": "no truncated member trained with KD (the paper's Sec. 5.4 variant)",
+    "dev_eval": "members scored on dev only after their last step ({}; paper: every epoch, best kept)",
+}
+
+
+def describe_cuts(config: PipelineConfig) -> str:
+    """What ``config`` leaves out of the paper's protocol, from its differences with the ``paper`` preset."""
+    paper = configs.to_dict(configs.override(PipelineConfig(output_dir=config.output_dir), PRESETS["paper"]))
+    now = configs.to_dict(config)
+    words = []
+    changed = configs.differences(paper, now)
+    ordered = [p for p in _PAPER_WORDS if p in changed] + [p for p in changed if p not in _PAPER_WORDS]
+    for path in ordered:
+        if path in ("preset", "output_dir", "cuts", "progress") or path.startswith("eval."):
+            continue
+        value = configs.get(config, path)
+        shown = ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else (
+            f"{value:g}" if isinstance(value, float) else value)
+        words.append(_PAPER_WORDS.get(path, path + " = {}").format(shown))
+    return "; ".join(words) if words else "none of the protocol"

@@ -10,7 +10,8 @@ from cascade_jax import configs
 from cascade_jax.pipeline.config import EVAL_SECTION, RESUME_FREE, PipelineConfig
 from cascade_jax.pipeline.layout import CONFIG_FILE, RunLayout
 
-STAGE_ORDER = ("labels", "small-ce", "small-dar", "large", "trunc-kd", "bert-kl", "deebert", "pabee", "evaluate")
+STAGE_ORDER = ("labels", "labels-shallow", "small", "large", "shallow", "kd", "bert-kl", "deebert", "pabee",
+               "fastbert", "pkd", "theseus", "pd", "evaluate")
 
 
 def minutes(seconds: float) -> str:
