@@ -332,12 +332,19 @@ def predict_exit_logits(module: MultiExitBert, params, enc: data.Encoded, batch_
                         buckets: Sequence[int] = data.DEFAULT_BUCKETS) -> np.ndarray:
     """float32 logits ``[num_layers, N, C]`` of every classifier on every example of ``enc`` (split order).
 
-    Compiled once per (module config, batch shape) in a process, whatever the parameters."""
-    out = []
-    for batch in data.eval_batches(enc, batch_size, buckets=buckets):
+    The examples are batched in order of length (each batch padded to its own length bucket) and put back in split
+    order. Compiled once per (module config, batch shape) in a process, whatever the parameters."""
+    order = np.argsort(enc.lengths, kind="stable")
+    pending = []
+    for start in range(0, len(enc), batch_size):
+        idx = order[start:start + batch_size]
+        batch = data.make_batch(enc, idx, batch_size, buckets=buckets)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        out.append(np.asarray(_exit_logits(module, params, inputs), np.float32)[:, batch["valid"]])
-    return np.concatenate(out, axis=1)
+        pending.append((_exit_logits(module, params, inputs), batch["valid"]))  # Fetch after dispatching all.
+    out = np.concatenate([np.asarray(lg, np.float32)[:, v] for lg, v in pending], axis=1)
+    result = np.empty_like(out)
+    result[:, order] = out
+    return result
 
 
 @functools.partial(xla.jit, static_argnums=0)

@@ -11,6 +11,7 @@ mechanically; parameters are float32 whatever the compute ``dtype``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -293,8 +294,12 @@ def cast_params(params, dtype) -> Any:
         lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, params)
 
 
+@functools.lru_cache(maxsize=64)
 def logits_fn(module: BertForSequenceClassification) -> Callable[[Any, dict], jax.Array]:
-    """A pure ``fn(params, batch) -> logits`` (batch: dict with input_ids, attention_mask, token_type_ids)."""
+    """A pure ``fn(params, batch) -> logits`` (batch: dict with input_ids, attention_mask, token_type_ids).
+
+    The same function object for equal modules (same config and dtype), so that jitted code keyed on it (a cascade
+    stage's step) is compiled once per architecture and shape, not once per loaded model."""
 
     def fn(params, batch):
         return module.apply(

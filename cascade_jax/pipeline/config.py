@@ -71,6 +71,7 @@ class PipelineConfig:
     labels: LabelSettings = section(LabelSettings)
     labels_shallow: LabelSettings = section(LabelSettings)
     members: OptimConfig = section(OptimConfig, epochs=10.0)
+    large_epochs: float | None = field(None, "epochs of the large member (default: members.epochs)")
     shallow: OptimConfig = section(OptimConfig, epochs=10.0)
     exits: OptimConfig = section(OptimConfig, epochs=10.0)
     pabee: OptimConfig = section(OptimConfig, epochs=10.0)
@@ -109,30 +110,30 @@ RESUME_FREE = ("progress", "cuts")
 EVAL_SECTION = "eval"
 
 _QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 4.0,
-                 "shallow.learning_rate": 3e-4, "exits.epochs": 3.0, "exits.learning_rate": 5e-3,
-                 "pabee.epochs": 2.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
-                 "distill.epochs": 1.0, "distill.learning_rate": 2e-4}
+                 "shallow.learning_rate": 3e-4, "exits.epochs": 2.0, "exits.learning_rate": 5e-3,
+                 "pabee.epochs": 1.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
+                 "distill.epochs": 2.0, "distill.learning_rate": 3e-4}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "quick": {
-        "preset": "quick", "data.train_subset": 1200, "data.max_length": 64, "seeds": 1,
+        "preset": "quick", "data.train_subset": 1000, "data.max_length": 64, "seeds": 1,
         "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, **_QUICK_EPOCHS,
-        "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 5.0,
+        "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 4.0,
         "labels_shallow.optim.learning_rate": 3e-4,
         "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
         "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
-        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 1000,
+        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 500,
     },
     "standard": {
         "preset": "standard", "data.max_length": 64, "seeds": 3,
-        "labels.folds": 4, "labels.seeds": 2, "labels.optim.epochs": 1.0, "labels.optim.learning_rate": 1e-4,
-        "labels_shallow.folds": 4, "labels_shallow.seeds": 2, "labels_shallow.optim.epochs": 1.0,
+        "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, "labels.optim.learning_rate": 1e-4,
+        "labels_shallow.folds": 3, "labels_shallow.seeds": 2, "labels_shallow.optim.epochs": 1.0,
         "labels_shallow.optim.learning_rate": 2e-4,
-        "members.epochs": 1.0, "members.learning_rate": 1e-4, "shallow.epochs": 1.0, "shallow.learning_rate": 2e-4,
-        "exits.epochs": 1.0, "exits.learning_rate": 5e-3, "pabee.epochs": 1.0, "pabee.learning_rate": 2e-4,
-        "distill.epochs": 1.0, "distill.learning_rate": 1e-4,
-        "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
+        "members.epochs": 1.0, "members.learning_rate": 1e-4, "large_epochs": 2.0, "shallow.epochs": 1.0,
+        "shallow.learning_rate": 2e-4, "exits.epochs": 1.0, "exits.learning_rate": 5e-3, "pabee.epochs": 1.0,
+        "pabee.learning_rate": 2e-4, "distill.epochs": 1.0, "distill.learning_rate": 2e-4,
+        "dar.margins": (0.5,), "kd.member": False, "dev_eval": "epoch", "eval.ood_max_examples": 2000,
         "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
     },
 }
@@ -160,7 +161,7 @@ _PAPER_WORDS = {
     "labels_shallow.seeds": "S={} seeds per fold for them (paper: 5)",
     "labels_shallow.optim.epochs": "their labellers trained {} epoch(s) (paper: 10)",
     "labels_shallow.optim.learning_rate": "their labellers at lr {} (paper: 2e-5)",
-    "members.epochs": "the 3- and 6-layer members {} epoch(s) (paper: 10)",
+    "members.epochs": "the complete members (the 6-layer one too, unless said below) {} epoch(s) (paper: 10)",
     "members.learning_rate": "members at lr {} (paper: 2e-5)",
     "shallow.epochs": "the truncated members and BERT-kL {} epoch(s) (paper: 10)",
     "shallow.learning_rate": "truncated members at lr {} (paper: 2e-5)",
@@ -173,6 +174,7 @@ _PAPER_WORDS = {
     "dar.margins": "DAR margin(s) {} without a search (paper: searched over 0.1, 0.3, 0.5, 0.7 on dev)",
     "kd.member": "no truncated member trained with KD (the paper's Sec. 5.4 variant)",
     "dev_eval": "members scored on dev only after their last step ({}; paper: every epoch, best kept)",
+    "large_epochs": "the large member {} epoch(s) (paper: 10)",
 }
 
 

@@ -246,7 +246,9 @@ def _choose_margin(config: PipelineConfig, outputs, names_of, log) -> tuple[floa
     return max(scores, key=scores.get), {f"{k:g}": v for k, v in scores.items()}
 
 
-def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s: None) -> dict:
+def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s: None,
+                   made_by: dict | None = None) -> dict:
+    """Evaluate everything; ``made_by``: the provenance of the code that runs it (default: now)."""
     started = time.perf_counter()
 
     def note(line: str) -> None:  # Each sub-step line says when it started within the stage.
@@ -299,7 +301,7 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
                   "members": [str(pathlib.Path(p).relative_to(layout.root)) for p in methods[0].runs[0]],
                   "thresholds": {f"{t:g}": result.selected[names["main"]][0][k].dev.param
                                  for k, t in enumerate(result.targets)}}
-    doc = {"meta": meta, "provenance": provenance.provenance(), **result.to_json(), "table5": t5, "members": members, "exit_layers": exit_layers,
+    doc = {"meta": meta, "provenance": made_by or provenance.provenance(), **result.to_json(), "table5": t5, "members": members, "exit_layers": exit_layers,
            "ood": ood, "wallclock": wallclock, "labels": _label_summaries(layout),
            "cascade_thresholds": thresholds}
     doc["meta"]["evaluate_seconds"] = time.perf_counter() - started

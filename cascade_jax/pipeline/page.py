@@ -73,8 +73,14 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
     if prov:
         packages = ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items())
         lines.append("## Provenance\n")
-        lines.append(f"Produced by commit `{prov.get('git_commit')}` on {prov.get('cpu')}, Python {prov.get('python')}; "
-                     f"{packages}.\n")
+        lines.append(f"Evaluated by commit `{prov.get('git_commit')}` on {prov.get('cpu')}, Python "
+                     f"{prov.get('python')}; {packages}.")
+        commits: dict[str, list[str]] = {}
+        for stage, commit in (doc.get("stage_commits") or {}).items():
+            commits.setdefault(str(commit), []).append(stage)
+        if commits:
+            lines.append("Stages by the commit that ran them: " + "; ".join(
+                f"`{c}`: {', '.join(s)}" for c, s in commits.items()) + ".\n")
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +209,9 @@ def write_results_page(output_dir: str | pathlib.Path, page: str | pathlib.Path)
         raise FileNotFoundError(f"{layout.results_file} is missing: the pipeline's evaluate stage has not finished")
     doc = json.loads(layout.results_file.read_text())
     markers = [layout.marker(n) for n in STAGE_ORDER]
-    doc["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in markers if m.exists()}
+    found = {m.stem: json.loads(m.read_text()) for m in markers if m.exists()}
+    doc["stage_seconds"] = {k: v["seconds"] for k, v in found.items()}
+    doc["stage_commits"] = {k: v.get("git_commit") for k, v in found.items()}
     page.parent.mkdir(parents=True, exist_ok=True)
     plot = page.with_name(page.stem + "_curve.png")
     shutil.copy(layout.report_dir / "curve.png", plot)

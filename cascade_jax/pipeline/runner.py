@@ -6,7 +6,7 @@ import json
 import time
 from typing import Callable
 
-from cascade_jax import configs
+from cascade_jax import configs, provenance
 from cascade_jax.pipeline.config import EVAL_SECTION, RESUME_FREE, PipelineConfig
 from cascade_jax.pipeline.layout import CONFIG_FILE, RunLayout
 
@@ -58,6 +58,7 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
     layout = RunLayout(config.output_dir)
     check_config(config, log)
     configs.write(layout.root, CONFIG_FILE, config)
+    made_by = provenance.provenance()  # The code this invocation loaded: recorded with every stage it runs.
     names = [n for n in STAGE_ORDER if only is None or n in only]
     start = time.perf_counter()
     spent: dict[str, float] = {}
@@ -68,12 +69,13 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
         log(f"[{i}/{len(names)}] {name}: running (elapsed {minutes(time.perf_counter() - start)})")
         t0 = time.perf_counter()
         if name == "evaluate":
-            stage_evaluate(config, log)
+            stage_evaluate(config, log, made_by=made_by)
         else:
             TRAINING_STAGES[name](config)
         spent[name] = time.perf_counter() - t0
         marker = layout.marker(name)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"stage": name, "seconds": spent[name], "finished": time.time()}) + "\n")
+        marker.write_text(json.dumps({"stage": name, "seconds": spent[name], "finished": time.time(),
+                                      "git_commit": made_by["git_commit"]}) + "\n")
         log(f"[{i}/{len(names)}] {name}: finished in {minutes(spent[name])}")
     return spent

@@ -6,6 +6,7 @@ run (:func:`stacked.fit_members`): one compilation, one resumable run.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from cascade_jax import baselines, difficulty, distill, stacked, trainer
@@ -76,8 +77,10 @@ def stage_small(config: PipelineConfig) -> None:
 
 
 def stage_large(config: PipelineConfig) -> None:
+    optim = config.members if config.large_epochs is None else dataclasses.replace(config.members,
+                                                                                   epochs=config.large_epochs)
     _fit_set(config, RunLayout(config.output_dir).group("large"), model=ModelConfig(name=config.large_model),
-             optim=config.members, loss=trainer.LossConfig(kind="ce"),
+             optim=optim, loss=trainer.LossConfig(kind="ce"),
              variants=tuple(stacked.Variant(name=seed_member(i), seed=s) for i, s in _seeds(config,
                                                                                               config.large_seeds)))
 
