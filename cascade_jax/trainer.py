@@ -13,6 +13,7 @@ import dataclasses
 import json
 import pathlib
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -28,7 +29,8 @@ from cascade_jax.loop import Every, LoopResult, NonFiniteLossError, run_steps
 from cascade_jax.preemption import Preemption
 from cascade_jax.run_log import RunLog
 
-__all__ = ["LOSS_KINDS", "LossConfig", "TrainConfig", "TrainState", "FitResult", "NonFiniteLossError", "new_state",
+__all__ = ["LOSS_KINDS", "DarInactiveWarning", "LossConfig", "TrainConfig", "TrainState", "FitResult", "NonFiniteLossError",
+           "new_state",
            "make_step", "make_train_step", "fit", "load_training_data", "CONFIG_FILE"]
 
 LOSS_KINDS = ("ce", "dar", "kd", "kd+dar")
@@ -104,6 +106,10 @@ def new_state(params, tx: optax.GradientTransformation, seed: int, hparams=None)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The per-device step.
+
+class DarInactiveWarning(UserWarning):
+    """DAR cannot act: the difficulty labels hold no easy/hard pair."""
+
 
 class Terms(NamedTuple):
     """What an objective returns. ``row_loss`` is a mean over this device's valid rows (the step weights it by the
@@ -226,6 +232,13 @@ def load_training_data(config: TrainConfig, tokenizer) -> tuple[data.Encoded, da
         train = data.join_by_id(train, config.difficulty_file, split_ids=full.ids)
         if "difficulty" not in train.extras:
             raise configs.ConfigError(f"{config.difficulty_file} has no 'difficulty' column")
+        hard = int(np.sum(np.asarray(train.extras["difficulty"]) > 0))
+        if hard in (0, len(train)):
+            warnings.warn(DarInactiveWarning(
+                f"{config.difficulty_file}: every one of the {len(train)} training examples is labelled "
+                f"{'hard' if hard else 'easy'}, so DAR (which pairs easy with hard examples) is 0 at every step and "
+                f"this run is plain cross entropy. Check the labels (difficulty.summary.json: share_hard)."),
+                stacklevel=2)
     task = data.get_task(d.task)
     dev = None
     if task.dev_split is not None:

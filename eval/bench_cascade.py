@@ -37,6 +37,7 @@ over the batch sizes; 1.0 means the cascade saves exactly as much time as it sav
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import statistics
 import sys
@@ -89,21 +90,25 @@ def choose_threshold(stage1_max_prob, layers, target: float) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from cascade_jax import provenance
+
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
+    print(f"provenance: {json.dumps(provenance.provenance())}", flush=True)
+
     import jax
     import numpy as np
 
-    from cascade_jax import cascade, data, models, report
+    from cascade_jax import cascade, comparison, data, models
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
-    if args.smoke:
-        print(machine.SMOKE_NOTE)
     print(f"CPU: {machine.describe()}; jax {jax.__version__}")
     print(f"load average at start: {machine.load_average()}", flush=True)
 
     tokenizer = models.tokenizer_for("minilm-l6")
     enc = data.encode_split("rotten_tomatoes", "validation", tokenizer=tokenizer, max_length=args.max_length)
-    inputs = report.padded_inputs(enc)
+    inputs = comparison.padded_inputs(enc)
     if args.examples:
         inputs = {k: v[: args.examples] for k, v in inputs.items()}
         longest = int(inputs["attention_mask"].sum(1).max())

@@ -15,7 +15,11 @@ train and predict times, the steady step time (median time between consecutive s
 "train s at steady rate" is that times the member-steps, so train minus it is about compilation and group set-up),
 and process CPU time. Every step is timed after its metrics reached the host, so the steps are synchronised (as the
 progress bar does anyway). The machine is shared: ``/proc/loadavg`` is printed before, between and after, and
-``cpu/wall`` well below the core count means other work took cores away.
+``cpu/wall`` well below the core count means other work took cores away. A second table breaks each run's time into
+compilation (JAX tracing, lowering and XLA compilation, from ``jax.monitoring``'s compile time spans; inside
+training, inside prediction, elsewhere), training steps (the time in ``stacked.train_group`` less the compilation in
+it), prediction (the time in ``stacked.predict_group`` less the compilation in it) and the rest (data and model
+loading, optimiser init, aggregating and writing labels; compilation outside the two phases is part of it).
 
 2. Training step alone, interleaved. Since the two runs above happen at different moments of a shared machine,
 the same compiled steps (cached by the runs) are then timed back to back: one vmapped step of all members, then
@@ -90,14 +94,95 @@ def warm_up(base: dict, root: pathlib.Path) -> None:
     ckpt.close()
 
 
+COMPILE_EVENTS = "/jax/core/compile/"  # jax.monitoring time spans: tracing, lowering to MLIR, XLA compilation.
+
+
+def merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``spans`` with overlapping ones merged (nested compilations count once), sorted."""
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def overlap(spans: list[tuple[float, float]], windows: list[tuple[float, float]]) -> float:
+    """Seconds of ``spans`` (merged) that fall inside ``windows`` (disjoint)."""
+    return sum(max(0.0, min(b, wb) - max(a, wa)) for a, b in spans for wa, wb in windows)
+
+
+class Phases:
+    """While active: the wall-clock windows of ``stacked.train_group`` and ``stacked.predict_group`` calls (which
+    ``difficulty.label_difficulty`` makes through the module, so wrapping the module's functions sees them) and the
+    time spans of every JAX compilation (``jax.monitoring``), all in ``time.time()`` seconds."""
+
+    def __init__(self):
+        self.windows: dict[str, list[tuple[float, float]]] = {"train": [], "predict": []}
+        self.compiles: list[tuple[float, float]] = []
+
+    def _on_span(self, event, start, end, **_):
+        if event.startswith(COMPILE_EVENTS):
+            self.compiles.append((start, end))
+
+    def __enter__(self):
+        import jax
+
+        from cascade_jax import stacked
+
+        self._saved = {"train": stacked.train_group, "predict": stacked.predict_group}
+
+        def wrap(kind, fn):
+            def timed_fn(*a, **k):
+                t0 = time.time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    self.windows[kind].append((t0, time.time()))
+            return timed_fn
+
+        stacked.train_group = wrap("train", stacked.train_group)
+        stacked.predict_group = wrap("predict", stacked.predict_group)
+        jax.monitoring.register_event_time_span_listener(self._on_span)
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+
+        from cascade_jax import stacked
+
+        stacked.train_group, stacked.predict_group = self._saved["train"], self._saved["predict"]
+        jax.monitoring.unregister_event_time_span_listener(self._on_span)
+
+    def breakdown(self, end_to_end: float) -> dict:
+        """Seconds: compile (train, predict, other, total), train steps, predict, rest."""
+        if not self.windows["train"] or not self.windows["predict"]:
+            raise SystemExit("bench_difficulty: saw no stacked.train_group / predict_group call; has "
+                             "difficulty.label_difficulty stopped calling them through the stacked module?")
+        spans = merged(self.compiles)
+        compile_train = overlap(spans, self.windows["train"])
+        compile_predict = overlap(spans, self.windows["predict"])
+        compile_all = sum(b - a for a, b in spans)
+        train = sum(b - a for a, b in self.windows["train"])
+        predict = sum(b - a for a, b in self.windows["predict"])
+        return {"compile": compile_all, "compile_train": compile_train, "compile_predict": compile_predict,
+                "compile_other": compile_all - compile_train - compile_predict, "train_steps": train - compile_train,
+                "prediction": predict - compile_predict, "rest": end_to_end - train - predict}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from cascade_jax import provenance
+
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
+    print(f"provenance: {json.dumps(provenance.provenance())}", flush=True)
+
     import jax
 
     from cascade_jax import configs, difficulty
 
-    if args.smoke:
-        print(machine.SMOKE_NOTE)
     info = machine.info()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform} x{jax.device_count()}")
@@ -121,9 +206,10 @@ def main(argv=None) -> int:
                 stamps.append((group, len(per_member["loss"]), time.perf_counter()))
 
             load_before = machine.load_average()
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            result = difficulty.label_difficulty(cfg, on_step=on_step)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            with Phases() as phases:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                result = difficulty.label_difficulty(cfg, on_step=on_step)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             s = result.summary
             steady = []  # Time between consecutive steps of a group, per member-step.
             for g in sorted({g for g, _, _ in stamps}):
@@ -134,7 +220,7 @@ def main(argv=None) -> int:
                          "predict": s["predict_seconds"], "member_steps": s["members"] * s["total_steps"],
                          "steady": statistics.median(steady), "cpu": cpu, "cpu_per_wall": cpu / wall,
                          "accuracy": s["mean_heldout_accuracy"], "share_hard": s["share_hard"],
-                         "load": f"{load_before} -> {machine.load_average()}"})
+                         "load": f"{load_before} -> {machine.load_average()}", **phases.breakdown(wall)})
             labels[mode] = [json.loads(line) for line in result.labels_path.read_text().splitlines()]
             print(f"  {mode:7s}: {wall:7.1f} s end to end (load {rows[-1]['load']})", flush=True)
     finally:
@@ -153,6 +239,17 @@ def main(argv=None) -> int:
         print(f"| {r['mode']} | {r['end_to_end']:.1f} | {r['train']:.1f} | {r['predict']:.1f} | {r['steady']:.3f} | "
               f"{r['steady'] * r['member_steps']:.1f} | {r['cpu']:.1f} | {r['cpu_per_wall']:.2f} | {r['load']} | "
               f"{r['accuracy']:.3f} | {r['share_hard']:.3f} |")
+    print("\nWhere each run's time goes (s): compile = JAX tracing + lowering + XLA compilation (jax.monitoring), "
+          "split by where it happened; training steps = time in stacked.train_group less its compilation (the steps, "
+          "with the loop's set-up and checkpoints); prediction = time in stacked.predict_group less its compilation; "
+          "rest = the run's other work (loading, init, aggregating, writing; compilation elsewhere included)\n")
+    print("| mode | end to end | compile | in training | in prediction | elsewhere | training steps | prediction | "
+          "rest |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['end_to_end']:.1f} | {r['compile']:.1f} | {r['compile_train']:.1f} | "
+              f"{r['compile_predict']:.1f} | {r['compile_other']:.1f} | {r['train_steps']:.1f} | "
+              f"{r['prediction']:.1f} | {r['rest']:.1f} |")
     vm, lp = labels["vmapped"], labels["loop"]
     same = sum(a["difficulty"] == b["difficulty"] and a["seeds_wrong"] == b["seeds_wrong"] for a, b in zip(vm, lp))
     gap = max(abs(a["confidence"] - b["confidence"]) for a, b in zip(vm, lp))

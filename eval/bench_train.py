@@ -1,23 +1,30 @@
 """Training-step speed on CPU: our jitted step against PyTorch, the cost of DAR, and 1-8 forced CPU devices.
 
-Three measurements, all float32, dropout on, one identical random batch (token ids never special tokens, full
-attention mask, token type 0, random labels and difficulty):
+Three measurements, all float32, dropout on, one identical random batch per shape (token ids never special tokens,
+full attention mask, token type 0, random labels and difficulty):
 
-1. **JAX vs PyTorch.** ``trainer.make_train_step`` (CE) mapped by ``parallel.DataParallel`` (shard_map) on one
-   device with ``configs.make_optimizer`` (global-norm clipping + AdamW, no decay on LayerNorm/biases), exactly as
-   ``trainer.fit`` runs it, including placing the host batch with ``shard_batch`` every step; against
-   transformers' ``BertForSequenceClassification`` in train mode with ``torch.optim.AdamW`` (the same decay groups,
-   ``clip_grad_norm_(1.0)``, a LambdaLR schedule). Both start from the same weights: the minilm-l3 encoder plus a
-   seeded classifier head, written by ``models.save_pretrained`` and read by ``from_pretrained``. Also timed: the
-   same JAX step compiled with XLA:CPU's YNNPACK library fusions off (``--no-ynn-off`` skips it; see
-   ``docs/bench_model.md`` for why that option matters on CPU).
+1. **JAX vs PyTorch**, for each ``--lengths`` (default: batch 32 x length 32 and 64). ``trainer.make_train_step``
+   (CE) mapped by ``parallel.DataParallel`` (shard_map) on one device with ``configs.make_optimizer`` (global-norm
+   clipping + AdamW, no decay on LayerNorm/biases), exactly as ``trainer.fit`` runs it (the library's defaults:
+   training steps get XLA's default compile options, see ``cascade_jax/xla.py``), including placing the host batch
+   with ``shard_batch`` every step; against transformers' ``BertForSequenceClassification`` in train mode with
+   ``torch.optim.AdamW`` (the same decay groups, ``clip_grad_norm_(1.0)``, a LambdaLR schedule). Both start from
+   the same weights: the minilm-l3 encoder plus a seeded classifier head, written by ``models.save_pretrained`` and
+   read by ``from_pretrained``. Also timed: the same JAX step compiled with XLA:CPU's YNNPACK library fusions off
+   (``--no-ynn-off`` skips it; see ``docs/bench_model.md`` for why that option matters on CPU).
+   The physical limit: a large fp32 GEMM (``[n, n] @ [n, n]`` by ``xla.jit``, ``jax.jit`` and ``torch.matmul``,
+   median of ``--gemm-repeats`` calls, at the start and the end of part 1; the best is the machine's matmul rate)
+   against the JAX step's achieved FLOP/s, counted as 3 x the forward FLOPs of ``flops.bert_flops`` per example
+   (the backward pass costs about twice the forward: gradients with respect to activations and to weights;
+   the optimiser, dropout and other elementwise work are not counted).
 2. **DAR cost.** The same JAX step with ``LossConfig(kind="dar")`` (all_pairs, margin 0.5, weight 0.5) against CE
-   alone, interleaved. Reported: the median over rounds of (DAR time / CE time) within each round, which cancels
-   load that drifts between rounds on a shared machine; the ratio of the two medians is printed too (goal: at
-   most 1.05).
-3. **Forced CPU devices.** For N in 1 2 4 8, a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-   runs the CE step over all N devices with the same global batch. Forced host devices are threads of one process
-   sharing this machine's cores: this measures the overhead of splitting a step over devices, not scaling.
+   alone, interleaved, at the largest of ``--lengths``. Reported: the median over rounds of (DAR time / CE time)
+   within each round, which cancels load that drifts between rounds on a shared machine; the ratio of the two
+   medians is printed too (goal: at most 1.05).
+3. **Forced CPU devices.** For N in 1 2 4 8, a subprocess with
+   ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` runs the CE step over all N devices with the same global
+   batch (the largest of ``--lengths``). Forced host devices are threads of one process sharing this machine's
+   cores: this measures the overhead of splitting a step over devices, not scaling.
 
 Timing: compilation (ahead of time) and warm-up steps are excluded; JAX results are waited for with
 ``block_until_ready`` (torch is synchronous); frameworks/variants are interleaved per round, rotating which goes
@@ -25,13 +32,15 @@ first, so machine noise hits all of them; each time is the median over rounds. P
 second are recorded too: on a machine shared with other work that is how to tell a busy neighbour from an idle
 framework.
 
-Run from the repository root (about 5-8 minutes on 2 cores)::
+Run from the repository root (about 6-10 minutes on 2 cores)::
 
     python -m eval.bench_train
     python -m eval.bench_train --repeats 3 --dar-repeats 5 --devices 1 2 --device-repeats 3   # a quick look
     python -m eval.bench_train --smoke   # under a minute: batch 4, length 16, 1 round each, 2 devices; no numbers
 
-The very last line is ``dar/ce step time: R``.
+The last lines are ``jax/torch train step, worst case: R`` (the smallest JAX/PyTorch examples-per-second ratio
+over the shapes of part 1, the JAX step being the library's), ``jax train step, fraction of GEMM rate: R`` (at the
+largest shape, the line above it says which) and, the very last, ``dar/ce step time: R``.
 """
 
 from __future__ import annotations
@@ -56,8 +65,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 LEARNING_RATE = 2e-5
 # --smoke: every part, with the smallest settings (JSON results, unless --json says where, go to a temporary folder).
-SMOKE_DEFAULTS = dict(model="minilm-l3", batch_size=4, length=16, repeats=1, dar_repeats=1, devices=[2],
-                      device_repeats=1, warmup=1)
+SMOKE_DEFAULTS = dict(model="minilm-l3", batch_size=4, lengths=[16], repeats=1, dar_repeats=1, devices=[2],
+                      device_repeats=1, warmup=1, gemm_size=128, gemm_repeats=1)
+TRAIN_FLOPS_PER_FORWARD = 3  # A training step's FLOPs ~ 3 x the forward's (backward ~ 2 x forward).
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,12 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m eval.bench_train",
         description="Training examples/second of our jitted train step against PyTorch transformers + AdamW, the "
         "step-time cost of DAR over CE, and steps/second on 1-8 forced CPU devices (float32, dropout on). Prints "
-        "a table for each and, last, 'dar/ce step time: R'.",
+        "a table for each and, last, 'jax/torch train step, worst case: R', 'jax train step, fraction of GEMM rate: "
+        "R' and 'dar/ce step time: R'.",
     )
     p.add_argument("--model", default="minilm-l3",
                    help="built-in model name or local HF directory (default: minilm-l3)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (default: 32)")
-    p.add_argument("--length", type=int, default=64, help="sequence length (default: 64)")
+    p.add_argument("--lengths", nargs="+", type=int, default=[32, 64],
+                   help="sequence lengths of part 1 (default: 32 64); parts 2 and 3 use the largest")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per framework in part 1 (default: 5)")
     p.add_argument("--dar-repeats", type=int, default=11, help="timed steps each for CE and DAR (default: 11)")
     p.add_argument("--devices", nargs="+", type=int, default=[1, 2, 4, 8],
@@ -81,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.set_num_threads(N) for part 1 (default: torch's own choice, one per core)")
     p.add_argument("--no-ynn-off", dest="ynn_off", action="store_false",
                    help="in part 1, do not also time the JAX step compiled with YNNPACK fusions off")
+    p.add_argument("--gemm-size", type=int, default=0,
+                   help="n of the fp32 [n, n] @ [n, n] GEMM that gives the machine's matmul rate (default 0: "
+                   f"doubled from {machine.GEMM_START} until one call takes >= {machine.GEMM_MIN_SECONDS} s)")
+    p.add_argument("--gemm-repeats", type=int, default=5,
+                   help="timed GEMM calls per way (xla.jit, jax.jit, torch), at the start and the end of part 1")
     p.add_argument("--skip", nargs="+", default=[], choices=["torch", "dar", "devices"],
                    help="parts to leave out (the last line needs 'dar')")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
@@ -89,8 +106,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
     if args.smoke and args.json and machine.inside_docs(args.json):
         p.error("--smoke writes nothing into docs/: give --json another path")
-    if min(args.repeats, args.dar_repeats, args.device_repeats, args.warmup) < 1:
-        p.error("--repeats, --dar-repeats, --device-repeats and --warmup must be at least 1")
+    if min(args.repeats, args.dar_repeats, args.device_repeats, args.warmup, args.gemm_repeats) < 1:
+        p.error("--repeats, --dar-repeats, --device-repeats, --warmup and --gemm-repeats must be at least 1")
+    if min(args.lengths) < 1 or args.gemm_size < 0:
+        p.error("--lengths must be positive, --gemm-size 0 (automatic) or positive")
+    args.length = max(args.lengths)  # Parts 2 and 3.
     if any(n < 1 or args.batch_size % n for n in args.devices):
         p.error(f"every --devices count must divide --batch-size {args.batch_size}")
     return args
@@ -220,7 +240,7 @@ def run_device_counts(args) -> list[dict]:
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip())
         cmd = [sys.executable, "-m", "eval.bench_train", "--worker-devices", str(n), "--model", args.model,
-               "--batch-size", str(args.batch_size), "--length", str(args.length), "--warmup", str(args.warmup),
+               "--batch-size", str(args.batch_size), "--lengths", str(args.length), "--warmup", str(args.warmup),
                "--device-repeats", str(args.device_repeats), "--seed", str(args.seed), "--devices", "1"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -242,16 +262,22 @@ def main(argv=None) -> int:
     if args.worker_devices is not None:
         return device_worker(args)
 
-    import jax
+    from cascade_jax import provenance
 
-    from cascade_jax import models, parallel
+    if args.smoke:
+        print(machine.SMOKE_NOTE)
+    info = {"provenance": provenance.provenance()}
+    print(f"provenance: {json.dumps(info['provenance'])}", flush=True)
+
+    import jax
+    import jax.numpy as jnp
+
+    from cascade_jax import flops, models, parallel, xla
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
-    info = {"machine_start": machine.info(), "args": {k: v for k, v in vars(args).items() if k != "worker_devices"}}
+    info |= {"machine_start": machine.info(), "args": {k: v for k, v in vars(args).items() if k != "worker_devices"}}
     m = info["machine_start"]
-    if args.smoke:
-        print(machine.SMOKE_NOTE)
     print(f"CPU: {m['cpu']}; nproc={m['nproc']} (of {m['cpus_online']} online)")
     print(f"load average at start: {m['load']}")
     print(f"python {platform.python_version()}, jax {jax.__version__}, flax {__import__('flax').__version__}",
@@ -266,7 +292,8 @@ def main(argv=None) -> int:
         transformers.logging.disable_progress_bar()
         print(f", torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"transformers {transformers.__version__}", end="")
-    print(f"\nmodel {args.model}, batch {args.batch_size}, length {args.length}, float32, dropout on; warm-up "
+    print(f"\nmodel {args.model}, batch {args.batch_size}, lengths {' '.join(map(str, args.lengths))} (parts 2 and "
+          f"3: {args.length}), float32, dropout on; warm-up "
           f"{args.warmup} step(s) excluded; medians of interleaved rounds", flush=True)
 
     module, params = models.from_pretrained(args.model, num_labels=2, seed=args.seed)
@@ -277,26 +304,43 @@ def main(argv=None) -> int:
     dp = parallel.DataParallel("shard_map", parallel.data_mesh(jax.devices()[:1]))
     results = {}
 
-    # Part 1: JAX vs torch.
+    # Part 1: JAX vs torch, per length; the fp32 GEMM rate at its start and end.
     if "torch" not in args.skip:
-        print("\n[1] training step, JAX (trainer step on 1 device) vs PyTorch", flush=True)
-        fns, compile_s = {}, {}
-        fns["jax"], compile_s["jax"] = jax_step(module, params, batch, dp, "ce", seed=args.seed)
-        if args.ynn_off:
-            fns["jax ynn-off"], compile_s["jax ynn-off"] = jax_step(module, params, batch, dp, "ce", YNN_OFF,
-                                                                    seed=args.seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            models.save_pretrained(module, params, tmp)
-            fns["torch"], attn = torch_step(tmp, batch, args.seed)
-        first = {k: float(fn()) for k, fn in fns.items()}  # One untimed step each; losses should agree roughly.
-        print("  first-step losses: " + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
-              + f"; torch attention: {attn}; compile: " + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()),
-              flush=True)
-        part1 = interleaved(fns, args.repeats, args.warmup - 1)  # The step above was the first warm-up step.
-        for k, r in part1.items():
-            r["examples_per_s"] = args.batch_size / r["median"]
-        results["jax_vs_torch"] = {"rows": part1, "compile_s": compile_s, "first_loss": first}
-        del fns
+        print("\n[1] training step, JAX (trainer step on 1 device, library defaults) vs PyTorch", flush=True)
+        gemm_n = {"fp32": args.gemm_size or machine.size_gemm(jnp.float32)}
+        gemm_ways = {"xla.jit": xla.jit, "jax.jit": jax.jit}
+        gemms = {"start": machine.gemm_rates({"fp32": jnp.float32}, gemm_n, gemm_ways, True, args.gemm_repeats)}
+        print("  fp32 GEMM at start: " + ", ".join(f"{w} {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
+                                                  for w, r in gemms["start"]["fp32"].items()), flush=True)
+        shapes = []
+        for length in args.lengths:
+            shape_batch = random_batch(args.batch_size, length, cfg.vocab_size, args.seed)
+            fns, compile_s = {}, {}
+            fns["jax"], compile_s["jax"] = jax_step(module, params, shape_batch, dp, "ce", seed=args.seed)
+            if args.ynn_off:
+                fns["jax ynn-off"], compile_s["jax ynn-off"] = jax_step(module, params, shape_batch, dp, "ce",
+                                                                        YNN_OFF, seed=args.seed)
+            with tempfile.TemporaryDirectory() as tmp:
+                models.save_pretrained(module, params, tmp)
+                fns["torch"], attn = torch_step(tmp, shape_batch, args.seed)
+            first = {k: float(fn()) for k, fn in fns.items()}  # One untimed step each; losses should agree roughly.
+            print(f"  batch {args.batch_size} x length {length}: first-step losses: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
+                  + f"; torch attention: {attn}; compile: " + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()),
+                  flush=True)
+            part1 = interleaved(fns, args.repeats, args.warmup - 1)  # The step above was the first warm-up step.
+            step_flops = TRAIN_FLOPS_PER_FORWARD * float(flops.bert_flops(cfg, length)) * args.batch_size
+            for k, r in part1.items():
+                r["examples_per_s"] = args.batch_size / r["median"]
+                r["flops_per_s"] = step_flops / r["median"]
+            ratio = part1["jax"]["examples_per_s"] / part1["torch"]["examples_per_s"]
+            print(f"    jax {part1['jax']['examples_per_s']:.1f} ex/s, torch {part1['torch']['examples_per_s']:.1f} "
+                  f"ex/s, ratio {ratio:.2f}; jax {part1['jax']['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+            shapes.append({"length": length, "rows": part1, "compile_s": compile_s, "first_loss": first,
+                           "step_flops": step_flops, "ratio": ratio})
+            del fns
+        gemms["end"] = machine.gemm_rates({"fp32": jnp.float32}, gemm_n, gemm_ways, True, args.gemm_repeats)
+        results["jax_vs_torch"] = {"shapes": shapes, "gemm": gemms, "gemm_best": machine.best_gemm(gemms)}
 
     # Part 2: DAR over CE.
     if "dar" not in args.skip:
@@ -323,16 +367,26 @@ def main(argv=None) -> int:
     print(f"\nload average at end: {info['machine_end']['load']}; benchmark took {info['total_s']:.0f}s")
 
     if "jax_vs_torch" in results:
-        rows = results["jax_vs_torch"]["rows"]
-        torch_eps = rows["torch"]["examples_per_s"]
-        print(f"\nTable 1. Training step, {args.model}, batch {args.batch_size} x length {args.length}, float32, "
-              f"dropout on ({args.repeats} timed rounds)")
-        header = (f"{'step':<12} {'s/step':>7} {'examples/s':>10} {'vs torch':>8} {'cpu s/step':>10} {'cpu/wall':>8} "
-                  f"{'spread':>6}")
+        part1 = results["jax_vs_torch"]
+        gemm_rate = part1["gemm_best"]["fp32"][0]
+        print(f"\nfp32 GEMM [n, n] @ [n, n], GFLOP/s (2 n^3 FLOPs, median of {args.gemm_repeats} calls; xla.jit = the "
+              f"library's inference options, jax.jit = XLA's defaults, torch = torch.matmul); the best is the GEMM "
+              f"rate:")
+        print("\n".join(machine.describe_gemms(part1["gemm"], part1["gemm_best"])))
+        print(f"\nTable 1. Training step, {args.model}, batch {args.batch_size}, float32, dropout on ({args.repeats} "
+              f"timed rounds); GFLOP/s = {TRAIN_FLOPS_PER_FORWARD} x forward FLOPs (flops.bert_flops) per example / "
+              f"s, of GEMM = its fraction of the fp32 GEMM rate ({gemm_rate / 1e9:.1f} GFLOP/s)")
+        header = (f"{'length':>6} {'step':<12} {'s/step':>7} {'examples/s':>10} {'vs torch':>8} {'GFLOP/s':>7} "
+                  f"{'of GEMM':>7} {'cpu s/step':>10} {'cpu/wall':>8} {'spread':>6}")
         print(header + "\n" + "-" * len(header))
-        for k, r in rows.items():
-            print(f"{k:<12} {r['median']:>7.3f} {r['examples_per_s']:>10.1f} {r['examples_per_s'] / torch_eps:>8.2f} "
-                  f"{r['cpu_per_step']:>10.3f} {r['cpu_per_wall']:>8.2f} {r['spread']:>6.2f}")
+        for shape in part1["shapes"]:
+            rows = shape["rows"]
+            torch_eps = rows["torch"]["examples_per_s"]
+            for k, r in rows.items():
+                print(f"{shape['length']:>6} {k:<12} {r['median']:>7.3f} {r['examples_per_s']:>10.1f} "
+                      f"{r['examples_per_s'] / torch_eps:>8.2f} {r['flops_per_s'] / 1e9:>7.1f} "
+                      f"{r['flops_per_s'] / gemm_rate:>7.1%} {r['cpu_per_step']:>10.3f} {r['cpu_per_wall']:>8.2f} "
+                      f"{r['spread']:>6.2f}")
     if "dar_vs_ce" in results:
         d = results["dar_vs_ce"]
         print(f"\nTable 2. DAR cost, JAX step on 1 device ({args.dar_repeats} timed rounds)")
@@ -366,6 +420,16 @@ def main(argv=None) -> int:
             path = pathlib.Path(tmp) / "bench_train.json"
             path.write_text(json.dumps(info, indent=2) + "\n")
             json.loads(path.read_text())
+    if "jax_vs_torch" in results:
+        part1 = results["jax_vs_torch"]
+        largest = max(part1["shapes"], key=lambda sh: sh["length"])
+        gemm_rate = part1["gemm_best"]["fp32"][0]
+        achieved = largest["rows"]["jax"]["flops_per_s"]
+        print(f"jax train step, fraction of GEMM rate below: batch {args.batch_size} x length {largest['length']}, "
+              f"{achieved / 1e9:.1f} GFLOP/s ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs) over the fp32 GEMM's "
+              f"{gemm_rate / 1e9:.1f} GFLOP/s")
+        print(f"jax train step, fraction of GEMM rate: {achieved / gemm_rate:.3f}")
+        print(f"jax/torch train step, worst case: {min(sh['ratio'] for sh in part1['shapes']):.2f}")
     if "dar_vs_ce" in results:
         print(f"dar/ce step time: {results['dar_vs_ce']['paired_ratio_median']:.3f}")
     return 0

@@ -81,3 +81,107 @@ def inside_docs(path) -> bool:
     docs = (REPO / "docs").resolve()
     p = pathlib.Path(path).resolve()
     return p == docs or docs in p.parents
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The machine's achievable matmul rate: one large square GEMM, the yardstick for a model's achieved FLOP/s.
+
+GEMM_START, GEMM_CAP, GEMM_MIN_SECONDS = 512, 8192, 0.1
+
+
+def gemm_flops(n: int) -> int:
+    """FLOPs of an ``n x n`` by ``n x n`` matmul: ``2 n^3`` (a multiply-add counts two, as in ``flops.bert_flops``)."""
+    return 2 * n ** 3
+
+
+def gemm(dtype, n: int, jit=None, seed: int = 0):
+    """``run()``: one ``[n, n] @ [n, n]`` matmul in ``dtype`` (output in ``dtype``, as the model's dense layers),
+    compiled ahead of time by ``jit`` (default ``cascade_jax.xla.jit``, the library's compile options), waited for."""
+    import jax
+    import jax.numpy as jnp
+
+    if jit is None:
+        from cascade_jax import xla
+
+        jit = xla.jit
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+    compiled = jit(lambda x, y: x @ y).lower(a, b).compile()
+    return lambda: compiled(a, b).block_until_ready()
+
+
+def size_gemm(dtype, jit=None, min_seconds: float = GEMM_MIN_SECONDS, start: int = GEMM_START,
+              cap: int = GEMM_CAP) -> int:
+    """The smallest ``n`` in ``start, 2 start, ...`` (at most ``cap``) whose GEMM takes at least ``min_seconds``
+    (one call after a warm-up call): big enough to run at the machine's full matmul rate, small enough to be quick."""
+    n = start
+    while True:
+        run = gemm(dtype, n, jit)
+        run()
+        t0 = time.perf_counter()
+        run()
+        if time.perf_counter() - t0 >= min_seconds or n >= cap:
+            return n
+        n *= 2
+
+
+def torch_gemm(dtype: str, n: int, seed: int = 0):
+    """``run()``: the same GEMM in PyTorch (``dtype`` "fp32" or "bf16"), for the machine's best matmul rate."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(n, n, generator=gen).to(tdtype)
+    b = torch.randn(n, n, generator=gen).to(tdtype)
+    return lambda: a @ b
+
+
+def gemm_rate(run, n: int, repeats: int = 5) -> dict:
+    """FLOP/s of ``run()``, an ``n``-GEMM (:func:`gemm` or :func:`torch_gemm`): median of ``repeats`` timed calls
+    after one warm-up call. Returns ``{"n", "seconds" (median), "flops_per_s", "cpu_per_wall"}``."""
+    import statistics
+
+    run()
+    times, cpu = [], 0.0
+    for _ in range(max(1, repeats)):
+        wall, c = timed(run)
+        times.append(wall)
+        cpu += c
+    med = statistics.median(times)
+    return {"n": n, "seconds": med, "flops_per_s": gemm_flops(n) / med, "cpu_per_wall": cpu / sum(times)}
+
+
+def gemm_rates(dtypes: dict, sizes: dict, jits: dict, torch_too: bool, repeats: int) -> dict:
+    """``{dtype name: {way: gemm_rate}}`` for ``dtypes`` ({"fp32": jnp.float32, ...}), each of ``sizes[name]``, by
+    every JAX ``jits`` ({"xla.jit": xla.jit, "jax.jit": jax.jit}) and, with ``torch_too``, by PyTorch."""
+    out = {}
+    for name, dtype in dtypes.items():
+        n = sizes[name]
+        out[name] = {way: gemm_rate(gemm(dtype, n, jit), n, repeats) for way, jit in jits.items()}
+        if torch_too:
+            out[name]["torch"] = gemm_rate(torch_gemm(name, n), n, repeats)
+    return out
+
+
+def best_gemm(measured: dict) -> dict:
+    """``{dtype name: (flops_per_s, "way, when")}``: the best median over ``measured`` = ``{when: gemm_rates(...)}``
+    (e.g. at the start and at the end of a run): the machine's achievable matmul rate for that dtype."""
+    best: dict = {}
+    for when, by_dtype in measured.items():
+        for d, by_way in by_dtype.items():
+            for way, r in by_way.items():
+                if r["flops_per_s"] > best.get(d, (0.0, ""))[0]:
+                    best[d] = (r["flops_per_s"], f"{way}, {when}")
+    return best
+
+
+def describe_gemms(measured: dict, best: dict) -> list[str]:
+    """One line per dtype: every measured rate and the best."""
+    lines = []
+    for d in best:
+        n = next(iter(next(iter(measured.values()))[d].values()))["n"]
+        lines.append(f"  {d:<4} n={n}: " + "; ".join(
+            f"{when} " + ", ".join(f"{way} {r['flops_per_s'] / 1e9:.1f}" for way, r in by_dtype[d].items())
+            for when, by_dtype in measured.items()) + f"  -> GEMM rate {best[d][0] / 1e9:.1f} GFLOP/s ({best[d][1]})")
+    return lines

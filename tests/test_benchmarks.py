@@ -1,8 +1,10 @@
 """The four benchmarks (eval/bench_*.py) run end to end: `--help` for each (fast), and `--smoke` for each (a tiny
-run of the same code path, on the real weights) ending in its summary line(s) with a number."""
+run of the same code path, on the real weights) printing its provenance first and ending in its summary line(s)
+with a number; eval/bench_all.sh, which runs them all, is valid bash and names every one."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import subprocess
@@ -14,11 +16,28 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Benchmark module -> the summary lines a script reads from its last lines ("<prefix>: <number>").
 SUMMARIES = {
-    "eval.bench_model": ["jax/torch forward throughput, worst case"],
-    "eval.bench_train": ["dar/ce step time"],
+    "eval.bench_model": ["jax/torch forward throughput, worst case", "bf16 jax/torch forward throughput, worst case",
+                         "fraction of GEMM rate"],
+    "eval.bench_train": ["jax/torch train step, worst case", "jax train step, fraction of GEMM rate",
+                         "dar/ce step time"],
     "eval.bench_difficulty": ["vmapped/loop time"],
     "eval.bench_cascade": ["wall-clock/layer speed-up, worst case"],
 }
+# The line each benchmark ends with (the summary lines above are among its last 40 lines).
+LAST_LINE = {
+    "eval.bench_model": "jax/torch forward throughput, worst case",
+    "eval.bench_train": "dar/ce step time",
+    "eval.bench_difficulty": "vmapped/loop time",
+    "eval.bench_cascade": "wall-clock/layer speed-up, worst case",
+}
+# Text a smoke run's output must contain besides the summary lines.
+ALSO_PRINTED = {
+    "eval.bench_difficulty": ["| mode | end to end | compile | in training | in prediction | elsewhere | "
+                              "training steps | prediction | rest |"],
+    "eval.bench_model": ["GEMM [n, n] @ [n, n]", "Achieved GFLOP/s"],
+    "eval.bench_train": ["fp32 GEMM [n, n] @ [n, n]"],
+}
+BENCH_ALL = REPO / "eval" / "bench_all.sh"
 
 
 def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -49,6 +68,26 @@ def test_smoke(module):
     assert proc.returncode == 0, f"{module} --smoke exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     lines = proc.stdout.splitlines()
     assert any(line.startswith("smoke mode:") and "not measurements" in line for line in lines)
+    provenance = [line for line in lines[:5] if line.startswith("provenance: ")]
+    assert provenance, "no 'provenance: {...}' line at the start:\n" + "\n".join(lines[:5])
+    assert {"packages", "cpu", "git_commit"} <= set(json.loads(provenance[0].removeprefix("provenance: ")))
     last = lines[-40:]
     for prefix in SUMMARIES[module]:
         summary_value(last, prefix)  # Parses as a float.
+    assert lines[-1].startswith(LAST_LINE[module] + ": "), lines[-1]
+    for text in ALSO_PRINTED.get(module, []):
+        assert text in proc.stdout, f"{module} --smoke printed no {text!r}"
+
+
+def test_bench_all_script():
+    """eval/bench_all.sh is valid bash, runs every eval/bench_*.py and collects every summary line."""
+    proc = subprocess.run(["bash", "-n", str(BENCH_ALL)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = BENCH_ALL.read_text()
+    benches = sorted(p.stem for p in (REPO / "eval").glob("bench_*.py"))
+    assert benches and {f"eval.{b}" for b in benches} == set(SUMMARIES)
+    for name in benches:
+        assert f"\nbench {name} " in text, f"eval/bench_all.sh does not run {name}"
+    for prefix in (p for prefixes in SUMMARIES.values() for p in prefixes):
+        assert prefix in text, f"eval/bench_all.sh does not collect the summary line {prefix!r}"
+    assert "--smoke" not in text

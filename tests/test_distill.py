@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import signal
 
 import jax
@@ -400,3 +401,20 @@ def test_theseus_resumes_after_sigterm_in_phase_2(workspace, theseus_full):
     assert resumed.status == "finished" and resumed.step == 7
     jax.tree_util.tree_map(np.testing.assert_array_equal, theseus_full.params, resumed.params)
     assert _losses(out / "phase2") == _losses(root / "theseus-full" / "phase2")
+
+
+def test_the_distill_command_explains_itself_and_refuses_missing_flags():
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for method in ("pkd", "theseus"):
+        proc = subprocess.run([sys.executable, "-m", "train.distill", method, "--help"], cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--num-layers" in proc.stdout and "--output-dir" in proc.stdout
+        proc = subprocess.run([sys.executable, "-m", "train.distill", method, "--output-dir", "x"], cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "--model is required" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "train.distill"], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "pkd" in proc.stderr

@@ -184,3 +184,48 @@ def test_a_glue_task_holds_out_part_of_dev_as_its_labelled_test_split(tmp_path):
     evals = [json.loads(line) for line in (pipeline.RunLayout(config.output_dir).group("small") /
                                            "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "eval" for r in evals)
+
+
+def test_dar_variants_are_compared_with_cross_entropy_on_a_finished_run(finished_run, tmp_path, capsys):
+    from eval import compare_dar
+
+    config, _, _ = finished_run
+    out = tmp_path / "variants"
+    assert compare_dar.main(["--run", config.output_dir, "--variants", "all_pairs", "logistic", "--margins", "0.4",
+                             "--weights", "0.5", "--seeds", "1", "--resamples", "50", "--output-dir", str(out),
+                             "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["methods"]) == {"cross entropy", "all_pairs, margin 0.4, weight 0.5",
+                                   "logistic, margin 0.4, weight 0.5"}
+    assert {c["b"] for c in doc["claims"]} == {"cross entropy"} and len(doc["claims"]) == 2
+    assert set(doc["small_member_test"]["logistic, margin 0.4, weight 0.5"]) == {"ece", "dis"}
+    assert "minus CE" in printed and "beats cross entropy alone" in printed
+    # One stacked run per DAR variant, each with the cross-entropy member and the variant's member.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["all_pairs", "logistic"]
+
+
+def test_a_run_folder_refuses_other_training_settings_and_reruns_evaluation_only_for_eval_changes(finished_run,
+                                                                                                    tmp_path):
+    from cascade_jax.configs import ResumeMismatchError
+
+    config, _, _ = finished_run
+    layout = pipeline.RunLayout(config.output_dir)
+    saved = layout.config_file.read_text()
+    for change in ({"train_subset": 10}, {"small_model": "minilm-l6"}, {"dar.margins": (0.5,)}):
+        with pytest.raises(ResumeMismatchError):
+            pipeline.run(configs.override(config, change), only=("labels",))
+        assert layout.config_file.read_text() == saved
+    # An empty or broken marker is not a finished stage.
+    marker = layout.marker("evaluate")
+    kept = marker.read_text()
+    marker.write_text("")
+    assert not pipeline.stage_done(layout, "evaluate")
+    marker.write_text(kept)
+    assert pipeline.stage_done(layout, "evaluate")
+    # Changing only the evaluation settings makes the evaluate stage run again (and nothing else).
+    lines = []
+    changed = configs.override(config, {"eval.resamples": 60})
+    spent = pipeline.run(changed, log=lines.append, only=("labels", "evaluate"))
+    assert list(spent) == ["evaluate"] and any("evaluation settings changed" in line for line in lines)
+    pipeline.run(config, only=("evaluate",))  # Back to the fixture's settings for the other tests.

@@ -258,3 +258,55 @@ def test_shard_map_pmap_and_one_device_give_the_same_parameters(workspace, tmp_p
     for name in ("shard_map", "pmap"):
         for key in ("loss", "dar", "ce", "grad_norm", "accuracy", "examples"):
             np.testing.assert_allclose(out["first"][name][key], out["first"]["one"][key], rtol=1e-5, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run folder is one run.
+
+
+def test_a_finished_folder_refuses_other_settings_and_keeps_its_config(workspace, tmp_path):
+    root, model, folder = workspace
+    done = trainer.fit(config(root, model, folder, "refuse", max_steps=2, eval_every=2))
+    assert done.status == "finished"
+    saved = (root / "refuse" / "config.json").read_text()
+    for change, field in [({"loss": trainer.LossConfig(kind="kd"), "teacher": str(model)}, "loss.kind"),
+                          ({"learning_rate": 0.5}, "optim.learning_rate"), ({"seed": 3}, "seed"),
+                          ({"max_steps": 5}, "optim.max_steps"), ({"train_subset": 10}, "data.train_subset")]:
+        with pytest.raises(configs.ResumeMismatchError, match=field.replace(".", r"\.")):
+            trainer.fit(config(root, model, folder, "refuse", **{"max_steps": 2, "eval_every": 2, **change}))
+        assert (root / "refuse" / "config.json").read_text() == saved  # Nothing claims the new settings.
+    other = tiny.make_model_dir(tmp_path / "other", layers=2, hidden=32)
+    with pytest.raises(configs.ResumeMismatchError, match="model.name"):
+        trainer.fit(config(root, model, folder, "refuse", max_steps=2, eval_every=2, **{"model.name": str(other)}))
+    cmd = [sys.executable, "-m", "train.finetune", "--model", str(model), "--source", str(folder), "--output-dir",
+           str(root / "refuse"), "--max-steps", "2", "--loss", "kd", "--lr", "0.5", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_all_easy_labels_warn_that_dar_cannot_act(workspace, tmp_path):
+    root, model, folder = workspace
+    ids = np.asarray(data.load_split("rotten_tomatoes", "train", folder)["id"])
+    easy = tmp_path / "easy.jsonl"
+    easy.write_text("".join(json.dumps({"id": int(i), "difficulty": 0}) + "\n" for i in ids))
+    with pytest.warns(trainer.DarInactiveWarning, match="labelled easy"):
+        trainer.fit(config(root, model, folder, "all-easy", max_steps=1, eval_every=1,
+                           loss=trainer.LossConfig(kind="dar"), difficulty_file=str(easy)))
+
+
+def test_a_resumed_run_logs_each_step_once(workspace):
+    root, model, folder = workspace
+    common = dict(max_steps=8, checkpoint_every=2, eval_every=100, log_every=1)
+
+    def kill_at_6(step, _):
+        if step == 6:
+            raise Interrupt  # Dies before step 6's log and checkpoint: step 5 was logged, the last checkpoint is 4.
+
+    with pytest.raises(Interrupt):
+        trainer.fit(config(root, model, folder, "relog", **common), on_step=kill_at_6)
+    logged = [json.loads(line)["step"] for line in (root / "relog" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == 5
+    trainer.fit(config(root, model, folder, "relog", **common))  # Resumes at 4: steps 5 and 6 run again.
+    steps = [json.loads(line)["step"] for line in (root / "relog" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == list(range(1, 9))
