@@ -46,7 +46,7 @@ def _fit_set(config: PipelineConfig, out, *, model: ModelConfig, optim: OptimCon
         variants=variants, difficulty_file=None if difficulty_file is None else str(difficulty_file),
         teacher=None if teacher is None else str(teacher)))
     if result.status != "finished":
-        raise StagePreempted(f"{out}: pre-empted; run again to resume")
+        raise StagePreempted(f"{out}: pre-empted")
 
 
 def _labels(config: PipelineConfig, which: str, model: ModelConfig, settings) -> None:
@@ -54,7 +54,7 @@ def _labels(config: PipelineConfig, which: str, model: ModelConfig, settings) ->
         output_dir=str(RunLayout(config.output_dir).labels_dir(which)), model=model, data=config.data,
         optim=settings.optim, run=_run(config), folds=settings.folds, seeds=settings.seeds, seed=config.seed))
     if result.status != "finished":
-        raise StagePreempted("difficulty labelling pre-empted; run again to resume")
+        raise StagePreempted("difficulty labelling pre-empted")
 
 
 def shallow_model(config: PipelineConfig, layers: int | None = None) -> ModelConfig:
@@ -120,7 +120,7 @@ def _train_exits(config: PipelineConfig, mode: str, optim: OptimConfig) -> None:
             model=ModelConfig(name=str(layout.member_model("large", seed_member(0)))), data=config.data,
             optim=optim, run=RunConfig(progress=config.progress), mode=mode, seed=seed))
         if result.status != "finished":
-            raise StagePreempted(f"{mode}: stopped at step {result.step} (pre-empted); run again to resume")
+            raise StagePreempted(f"{mode}: stopped at step {result.step} (pre-empted)")
 
 
 def stage_deebert(config: PipelineConfig) -> None:
@@ -141,7 +141,7 @@ def _distilled(config: PipelineConfig, name: str, train: Callable, make_config: 
     for i, seed in _seeds(config):
         result = train(make_config(str(layout.baseline_run(name, i)), large, seed))
         if result.status != "finished":
-            raise StagePreempted(f"{name}: stopped at step {result.step} (pre-empted); run again to resume")
+            raise StagePreempted(f"{name}: stopped at step {result.step} (pre-empted)")
 
 
 def stage_pkd(config: PipelineConfig) -> None:
