@@ -99,11 +99,15 @@ def _logits(module, params, batch):
                         batch["token_type_ids"]).logits
 
 
+# Evaluation trims each batch to its longest row rounded up to this (cascade's length_multiple).
+LENGTH_MULTIPLE = 16
+
+
 class Outputs:
     """Each model's outputs on each split, computed once and shared by every method that uses the model."""
 
     def __init__(self, encs: Mapping[str, data.Encoded], num_labels: int, *, batch_size: int = 64,
-                 length_multiple: int | None = 16):
+                 length_multiple: int | None = LENGTH_MULTIPLE):
         self.encs, self.num_labels = dict(encs), num_labels
         self.batch_size, self.length_multiple = batch_size, length_multiple
         self._stages: dict[str, cascade.Stage] = {}

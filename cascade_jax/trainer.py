@@ -29,9 +29,8 @@ from cascade_jax.loop import Every, LoopResult, NonFiniteLossError, run_steps
 from cascade_jax.preemption import Preemption
 from cascade_jax.run_log import RunLog
 
-__all__ = ["LOSS_KINDS", "DarInactiveWarning", "LossConfig", "TrainConfig", "TrainState", "FitResult", "NonFiniteLossError",
-           "new_state",
-           "make_step", "make_train_step", "fit", "load_training_data", "CONFIG_FILE"]
+__all__ = ["LOSS_KINDS", "DarInactiveWarning", "LossConfig", "TrainConfig", "TrainState", "FitResult",
+           "NonFiniteLossError", "new_state", "make_step", "make_train_step", "fit", "load_training_data", "CONFIG_FILE"]
 
 LOSS_KINDS = ("ce", "dar", "kd", "kd+dar")
 CONFIG_FILE = "config.json"

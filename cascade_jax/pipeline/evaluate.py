@@ -17,9 +17,6 @@ from cascade_jax.data.overlap import drop_overlap
 from cascade_jax.pipeline.config import PipelineConfig
 from cascade_jax.pipeline.layout import RunLayout, ce_member, dar_member, seed_member
 
-# Evaluation trims each batch to its longest row rounded up to this (cascade's length_multiple).
-_LENGTH_MULTIPLE = 16
-
 
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
@@ -261,7 +258,7 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
     tokenizer = models.tokenizer_for(config.large_model)
     encs, split_meta = evaluation_splits(config, tokenizer)
     outputs = comparison.Outputs(encs, task.num_labels, batch_size=config.eval.batch_size,
-                                 length_multiple=_LENGTH_MULTIPLE)
+                                 length_multiple=comparison.LENGTH_MULTIPLE)
     large_dir = _large_for(config, 0)
     reference_config = models.load_config(pathlib.Path(large_dir))
     n_large = reference_config.num_hidden_layers
@@ -386,7 +383,7 @@ def _wallclock(config, result, main, outputs, test_enc, note) -> list[dict]:
         for bs in config.eval.wallclock_batch_sizes:
             note(f"  wall-clock: {main} at target {t:g}x, batch {bs}")
             w = cascade.measure_wallclock(stages, inputs, sel.dev.param, bs, repeats=config.eval.wallclock_repeats,
-                                          length_multiple=_LENGTH_MULTIPLE)
+                                          length_multiple=comparison.LENGTH_MULTIPLE)
             out.append({"method": main, "target": t, "threshold": sel.dev.param, "batch_size": bs,
                         "layer_speedup": w.layer_speedup, "wallclock_speedup": w.speedup,
                         "ratio": w.speedup / w.layer_speedup, "cascade_s": min(w.cascade_s),
