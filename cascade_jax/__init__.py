@@ -17,3 +17,10 @@ class _NoTorchNotice(_logging.Filter):
 # that logger, installed before the import, drops this one record and nothing else (other warnings still show,
 # and nothing is changed in the environment of this process or its children).
 _logging.getLogger("transformers").addFilter(_NoTorchNotice())
+
+# XLA:CPU frees and re-allocates its large per-call buffers on every call; glibc's defaults make each call fault its
+# memory in again (15% of a training step's CPU time). See cascade_jax/host_memory.py; CASCADE_JAX_MALLOC=default
+# turns this off.
+from cascade_jax import host_memory as _host_memory  # noqa: E402
+
+_host_memory.configure()

@@ -1,7 +1,7 @@
 """What produced a result: package versions, the CPU and the repository's commit, for results files and benchmark pages.
 
     provenance() -> {"python": "3.11.7", "packages": {"jax": "0.10.2", ...}, "cpu": "AMD EPYC ...",
-                     "git_commit": "0c41869...-dirty" | None}
+                     "git_commit": "0c41869...-dirty" | None, "malloc": "tuned"}
 
 Versions come from the installed distributions' metadata (nothing is imported), so this is cheap and works before
 JAX is initialised.
@@ -13,6 +13,8 @@ import importlib.metadata
 import pathlib
 import platform
 import subprocess
+
+from cascade_jax import host_memory
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "numpy")
 _REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -61,10 +63,12 @@ def git_commit(repo: str | pathlib.Path = _REPO) -> str | None:
 
 def provenance() -> dict:
     """The versions of Python and of :data:`PACKAGES` (None when not installed), the CPU model and the git commit
-    of the repository (``<sha>`` or ``<sha>-dirty``; None outside a git checkout), as a JSON-able dict."""
+    of the repository (``<sha>`` or ``<sha>-dirty``; None outside a git checkout) and the malloc settings
+    (:func:`host_memory.configure`), as a JSON-able dict."""
     return {
         "python": platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},
         "cpu": cpu_model(),
         "git_commit": git_commit(),
+        "malloc": host_memory.configure(),
     }

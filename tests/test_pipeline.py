@@ -229,3 +229,24 @@ def test_a_run_folder_refuses_other_training_settings_and_reruns_evaluation_only
     spent = pipeline.run(changed, log=lines.append, only=("labels", "evaluate"))
     assert list(spent) == ["evaluate"] and any("evaluation settings changed" in line for line in lines)
     pipeline.run(config, only=("evaluate",))  # Back to the fixture's settings for the other tests.
+
+
+def test_pkd_epochs_replace_the_distilled_baselines_epochs_for_bert_pkd_only(tmp_path, monkeypatch):
+    from cascade_jax.pipeline import stages
+
+    made = {}
+
+    def capture(config, name, train, make):
+        made[name] = make(str(tmp_path / name), "minilm-l6", 0).optim
+
+    monkeypatch.setattr(stages, "_distilled", capture)
+    quick = pipeline.make_config("quick", str(tmp_path))
+    stages.stage_pkd(quick)
+    stages.stage_theseus(quick)
+    assert made["bert-pkd"].epochs == quick.pkd_epochs == 4.0
+    assert made["theseus"].epochs == quick.distill.epochs == 2.0
+    assert made["bert-pkd"].learning_rate == quick.distill.learning_rate
+    assert "BERT-PKD 4 epoch(s)" in quick.cuts
+    standard = pipeline.make_config("standard", str(tmp_path))
+    stages.stage_pkd(standard)
+    assert standard.pkd_epochs is None and made["bert-pkd"].epochs == standard.distill.epochs

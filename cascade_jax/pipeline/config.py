@@ -78,6 +78,7 @@ class PipelineConfig:
     distill_layers: int = field(3, "layers of the distilled static baselines (BERT-PKD, BERT-of-Theseus); BERT-PD "
                                    "is the complete small model")
     distill: OptimConfig = section(OptimConfig, epochs=10.0)
+    pkd_epochs: float | None = field(None, "epochs of BERT-PKD (default: distill.epochs)")
     dar: DarSettings = section(DarSettings)
     kd: KdSettings = section(KdSettings)
     eval: EvalSettings = section(EvalSettings)
@@ -112,7 +113,7 @@ EVAL_SECTION = "eval"
 _QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 4.0,
                  "shallow.learning_rate": 3e-4, "exits.epochs": 2.0, "exits.learning_rate": 5e-3,
                  "pabee.epochs": 1.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
-                 "distill.epochs": 2.0, "distill.learning_rate": 3e-4}
+                 "distill.epochs": 2.0, "distill.learning_rate": 3e-4, "pkd_epochs": 4.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
@@ -123,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "labels_shallow.optim.learning_rate": 3e-4,
         "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
         "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
-        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 500,
+        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 400,
     },
     "standard": {
         "preset": "standard", "data.max_length": 64, "seeds": 3,
@@ -169,7 +170,9 @@ _PAPER_WORDS = {
     "exits.learning_rate": "DeeBERT's and FastBERT's heads at lr {} (paper: 2e-5)",
     "pabee.epochs": "PABEE {} epoch(s) (paper: 10)",
     "pabee.learning_rate": "PABEE at lr {} (paper: 2e-5)",
-    "distill.epochs": "BERT-PKD, BERT-of-Theseus (each phase) and BERT-PD {} epoch(s) (paper: 10)",
+    "distill.epochs": "the distilled baselines (BERT-of-Theseus per phase, BERT-PD, and BERT-PKD unless said below) "
+                      "{} epoch(s) (paper: 10)",
+    "pkd_epochs": "BERT-PKD {} epoch(s) (paper: 10)",
     "distill.learning_rate": "the distilled baselines at lr {} (paper: 2e-5)",
     "dar.margins": "DAR margin(s) {} without a search (paper: searched over 0.1, 0.3, 0.5, 0.7 on dev)",
     "kd.member": "no truncated member trained with KD (the paper's Sec. 5.4 variant)",

@@ -146,9 +146,11 @@ def _distilled(config: PipelineConfig, name: str, train: Callable, make_config: 
 
 def stage_pkd(config: PipelineConfig) -> None:
     run = RunConfig(progress=config.progress)
+    optim = config.distill if config.pkd_epochs is None else dataclasses.replace(config.distill,
+                                                                                 epochs=config.pkd_epochs)
     _distilled(config, "bert-pkd", distill.train_pkd, lambda out, large, seed: distill.PKDConfig(
         output_dir=out, model=ModelConfig(name=large, num_layers=config.distill_layers), data=config.data,
-        optim=config.distill, run=run, teacher=large, temperature=config.kd.temperature, seed=seed))
+        optim=optim, run=run, teacher=large, temperature=config.kd.temperature, seed=seed))
 
 
 def stage_theseus(config: PipelineConfig) -> None:

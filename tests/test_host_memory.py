@@ -1,0 +1,67 @@
+"""host_memory: with the library's malloc settings a large block freed and allocated again is reused (no page faults);
+with glibc's defaults it is faulted in again on every allocation."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from cascade_jax import host_memory
+
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the settings are glibc's")
+
+# Allocate, touch and free a 256 MiB block (through libc itself, as XLA:CPU does) 4 times after a first time; print
+# the minor page faults of those 4 rounds and what configure() said.
+_PROBE = """
+import ctypes, resource
+import cascade_jax
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+n = 256 << 20
+def round_():
+    p = libc.malloc(n)
+    ctypes.memset(p, 1, n)
+    libc.free(p)
+round_()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    round_()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, cascade_jax._host_memory.configure())
+"""
+
+
+def _faults(env_value):
+    env = {k: v for k, v in os.environ.items() if k not in (host_memory.ENV, "GLIBC_TUNABLES", "MALLOC_MMAP_MAX_",
+                                                            "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
+    if env_value is not None:
+        env[host_memory.ENV] = env_value
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    faults, status = out.stdout.split(maxsplit=1)
+    return int(faults), status.strip()
+
+
+@glibc_only
+def test_a_freed_large_block_is_reused_and_the_opt_out_restores_glibc_defaults():
+    pages = 4 * (256 << 20) // 4096
+    tuned, status = _faults(None)
+    assert status == "tuned"
+    assert tuned < 0.01 * pages, f"{tuned} page faults in 4 rounds of 256 MiB: the freed block was not reused"
+    default, status = _faults("default")
+    assert status == "default (CASCADE_JAX_MALLOC=default)"
+    # glibc's defaults: each round mmaps a fresh block, faulted in per 4 KiB page (or per 2 MiB huge page where
+    # transparent huge pages are on "always": 512 faults for 4 rounds).
+    assert default >= 4 * 100 and default > 10 * max(tuned, 1), (default, tuned)
+
+
+def test_configure_leaves_other_c_libraries_alone(monkeypatch):
+    monkeypatch.delenv(host_memory.ENV, raising=False)
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    assert host_memory.configure.__wrapped__().startswith("not glibc")
+    monkeypatch.setenv(host_memory.ENV, "off")
+    assert host_memory.configure.__wrapped__() == "default (CASCADE_JAX_MALLOC=off)"
