@@ -19,8 +19,8 @@ class _NoTorchNotice(_logging.Filter):
 _logging.getLogger("transformers").addFilter(_NoTorchNotice())
 
 # XLA:CPU frees and re-allocates its large per-call buffers on every call; glibc's defaults make each call fault its
-# memory in again (15% of a training step's CPU time). See cascade_jax/host_memory.py; CASCADE_JAX_MALLOC=default
-# turns this off.
+# memory in again (15% of a training step's CPU time). CASCADE_JAX_MALLOC=tuned keeps them (at the cost of a higher
+# peak memory); see cascade_jax/host_memory.py. Without it, nothing is changed.
 from cascade_jax import host_memory as _host_memory  # noqa: E402
 
 _host_memory.configure()

@@ -111,6 +111,7 @@ def test_results_page_comes_from_the_results_file(finished_run, tmp_path):
         assert claim["text"] in text
     assert (tmp_path / "docs" / "results_curve.png").exists()
     assert "Out of domain" in text and "vader_nyt" in text and "Internal classifiers" in text
+    assert f"malloc: {doc['provenance']['malloc']}" in text and "counts its last invocation only" in text
 
 
 def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):

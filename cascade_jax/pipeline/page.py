@@ -67,14 +67,17 @@ def results_markdown(doc: dict, *, plot_name: str = "results_curve.png") -> str:
     times = doc.get("stage_seconds")
     if times:
         lines.append("## Time per stage (this run)\n")
+        lines.append("Wall-clock time of the invocation that finished each stage, with whatever else the machine ran "
+                     "then; a stage resumed after an interruption counts its last invocation only.\n")
         lines.append(" | ".join(f"{k} {minutes(v)}" for k, v in times.items())
                      + f" | total {minutes(sum(times.values()))}\n")
     prov = doc.get("provenance")
     if prov:
         packages = ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items())
         lines.append("## Provenance\n")
+        malloc = f"; malloc: {prov['malloc']}" if prov.get("malloc") else ""
         lines.append(f"Evaluated by commit `{prov.get('git_commit')}` on {prov.get('cpu')}, Python "
-                     f"{prov.get('python')}; {packages}.")
+                     f"{prov.get('python')}; {packages}{malloc}.")
         commits: dict[str, list[str]] = {}
         for stage, commit in (doc.get("stage_commits") or {}).items():
             commits.setdefault(str(commit), []).append(stage)
