@@ -16,10 +16,7 @@ from cascade_jax.data import holdout
 from cascade_jax.data.overlap import drop_overlap
 from cascade_jax.pipeline.config import PipelineConfig
 from cascade_jax.pipeline.layout import RunLayout, ce_member, dar_member, seed_member
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+from cascade_jax.pipeline.runner import minutes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,7 +246,7 @@ def stage_evaluate(config: PipelineConfig, log: Callable[[str], None] = lambda s
     started = time.perf_counter()
 
     def note(line: str) -> None:  # Each sub-step line says when it started within the stage.
-        log(f"{line} (at {_minutes(time.perf_counter() - started)})")
+        log(f"{line} (at {minutes(time.perf_counter() - started)})")
 
     layout = RunLayout(config.output_dir)
     task = data.get_task(config.data.task)

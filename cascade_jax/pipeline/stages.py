@@ -76,11 +76,14 @@ def stage_small(config: PipelineConfig) -> None:
              difficulty_file=layout.labels_file("small"))
 
 
+def _with_epochs(optim: OptimConfig, epochs: float | None) -> OptimConfig:
+    """``optim`` with its epochs replaced by a method's own setting (``large_epochs``, ``pkd_epochs``) when given."""
+    return optim if epochs is None else dataclasses.replace(optim, epochs=epochs)
+
+
 def stage_large(config: PipelineConfig) -> None:
-    optim = config.members if config.large_epochs is None else dataclasses.replace(config.members,
-                                                                                   epochs=config.large_epochs)
     _fit_set(config, RunLayout(config.output_dir).group("large"), model=ModelConfig(name=config.large_model),
-             optim=optim, loss=trainer.LossConfig(kind="ce"),
+             optim=_with_epochs(config.members, config.large_epochs), loss=trainer.LossConfig(kind="ce"),
              variants=tuple(stacked.Variant(name=seed_member(i), seed=s) for i, s in _seeds(config,
                                                                                               config.large_seeds)))
 
@@ -146,8 +149,7 @@ def _distilled(config: PipelineConfig, name: str, train: Callable, make_config: 
 
 def stage_pkd(config: PipelineConfig) -> None:
     run = RunConfig(progress=config.progress)
-    optim = config.distill if config.pkd_epochs is None else dataclasses.replace(config.distill,
-                                                                                 epochs=config.pkd_epochs)
+    optim = _with_epochs(config.distill, config.pkd_epochs)
     _distilled(config, "bert-pkd", distill.train_pkd, lambda out, large, seed: distill.PKDConfig(
         output_dir=out, model=ModelConfig(name=large, num_layers=config.distill_layers), data=config.data,
         optim=optim, run=run, teacher=large, temperature=config.kd.temperature, seed=seed))
