@@ -125,6 +125,9 @@ def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):
 def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         pipeline.make_config("fast", str(tmp_path))
+    for name in ("pkd_epochs", "large_epochs"):  # Refused up front, not when its stage starts hours later.
+        with pytest.raises(ValueError, match=f"{name} must be positive"):
+            pipeline.make_config("quick", str(tmp_path), {name: 0.0})
     with pytest.raises(ValueError, match="no setting 'epochz'"):
         pipeline.make_config("quick", str(tmp_path), {"epochz": 3})
     with pytest.raises(ValueError, match="unknown stage"):

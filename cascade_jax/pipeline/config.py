@@ -98,6 +98,10 @@ class PipelineConfig:
                                       f"{list(self.eval.targets)}")
         if not self.dar.margins:
             raise configs.ConfigError("dar.margins needs at least one margin")
+        for name in ("large_epochs", "pkd_epochs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise configs.ConfigError(f"{name} must be positive (or unset: the section's epochs), got {value}")
         if self.seeds < 1 or self.large_seeds < 1:
             raise configs.ConfigError("seeds and large_seeds must be at least 1")
         if len(self.eval.auc_range) != 2 or not self.eval.auc_range[0] < self.eval.auc_range[1]:
