@@ -5,6 +5,7 @@ evaluated.
   load_multi_exit(model_dir, head=None, seed=0) / save_multi_exit(module, params, directory)
   train_exits(ExitTrainConfig(output_dir, model=ModelConfig(fine-tuned dir), mode="deebert" | "pabee" | "fastbert"))
   predict_exit_logits(module, params, enc) -> [num_layers, N, C]
+  fit_input_stats(module, params, enc) -> params    # DeeBERT's/PABEE's head inputs standardised (docs/design.md)
   exit_result(logits, rule, param) -> cascade.CascadeResult     # rule: "entropy", "max_prob" or "patience"
   patience_exit_layers(logits, patience) -> [N]                 # PABEE's own rule (cascade.patience_exits)
 
@@ -37,6 +38,7 @@ DEFAULT_HEAD = {"deebert": "pooler", "pabee": "shared_pooler", "fastbert": "fast
 FASTBERT_HIDDEN = 128  # FastBERT's student classifier width and attention heads (its code: 128 and 2).
 FASTBERT_HEADS = 2
 CONFIG_FILE = "exit_config.json"
+INPUT_STATS = configs.INPUT_STATS  # The fixed standardisation of DeeBERT's and PABEE's head inputs.
 
 _HEADS_FILE = "internal_classifiers.safetensors"
 _META_FILE = "multi_exit.json"
@@ -88,7 +90,43 @@ class _FastBertHead(nn.Module):
         return dense(c.num_labels, "classifier")(x).astype(jnp.float32)
 
 
+class _InputStats(nn.Module):
+    """Per-feature standardisation of a head's input, batch-norm style. In training (``deterministic=False``) it uses
+    the mean and standard deviation of the batch's real rows (``valid``; padding rows left out), gradients flowing
+    through them; otherwise the fixed ``mean`` and ``inv_std`` parameters, which :func:`fit_input_stats` sets from the
+    trained model after training (they get no gradient in training and no weight decay: :func:`configs.decay_mask`).
+    A standard deviation below 1e-3 of the largest one is raised to it, so a feature that never varies is not blown
+    up."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, valid, deterministic: bool):
+        mean = self.param("mean", nn.initializers.zeros, (self.features,), jnp.float32)
+        inv_std = self.param("inv_std", nn.initializers.ones, (self.features,), jnp.float32)
+        self.sow("intermediates", "head_input", x)
+        x32 = x.astype(jnp.float32)
+        if deterministic:
+            return ((x32 - jax.lax.stop_gradient(mean)) * jax.lax.stop_gradient(inv_std)).astype(x.dtype)
+        w = valid.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        count = jnp.maximum(w.sum(), 1.0)
+        axes = tuple(range(x.ndim - 1))
+        batch_mean = (w * x32).sum(axes) / count
+        batch_std = jnp.sqrt((w * (x32 - batch_mean) ** 2).sum(axes) / count)
+        return ((x32 - batch_mean) / floored_std(batch_std)).astype(x.dtype)
+
+
+def floored_std(std):
+    """``std`` with every entry raised to at least 1e-3 of its largest (and above 0)."""
+    return jnp.maximum(std, jnp.maximum(1e-3 * std.max(), 1e-30))
+
+
 class _InternalHead(nn.Module):
+    """One layer's exit. ``pooler`` (DeeBERT): the layer's [CLS] vector, standardised, into the head's own pooler and
+    classifier; ``shared_pooler`` (PABEE): the model's pooler applied to the layer, standardised, into the layer's
+    classifier. The standardisation (:class:`_InputStats`) is there because MiniLM's [CLS] vectors at layers 1-3 vary
+    across examples by about 1e-4 of their norm: unscaled, the heads learn nothing (docs/design.md)."""
+
     config: models.BertConfig
     head: str
     dtype: Any = jnp.float32
@@ -97,7 +135,12 @@ class _InternalHead(nn.Module):
     def __call__(self, state, shared_pooled, deterministic: bool, attention_mask=None):
         if self.head == "fastbert":
             return _FastBertHead(self.config, self.dtype, name="fastbert")(state, attention_mask, deterministic)
-        x = models.BertPooler(self.config, self.dtype, name="pooler")(state) if self.head == "pooler" else shared_pooled
+        stats = _InputStats(self.config.hidden_size, name=INPUT_STATS)
+        valid = attention_mask[:, 0] > 0  # Padding rows of a batch have no tokens.
+        if self.head == "pooler":
+            x = models.BertPooler(self.config, self.dtype, name="pooler")(stats(state[:, :1], valid, deterministic))
+        else:
+            x = stats(shared_pooled, valid, deterministic)
         x = nn.Dropout(_dropout_rate(self.config))(x, deterministic=deterministic)
         return _classifier(self.config, self.dtype, "classifier")(x).astype(jnp.float32)
 
@@ -201,6 +244,46 @@ def save_multi_exit(module: MultiExitBert, params, directory, tokenizer=None) ->
     (directory / _META_FILE).write_text(
         json.dumps({"head": module.head, "num_layers": module.config.num_hidden_layers}, indent=2) + "\n")
     return directory
+
+
+def fit_input_stats(module: MultiExitBert, params, enc: data.Encoded, *, max_examples: int = 2048,
+                    batch_size: int = 128, buckets: Sequence[int] = data.DEFAULT_BUCKETS) -> dict:
+    """``params`` with every internal head's :class:`_InputStats` set to the per-feature mean and ``1 / std`` of
+    that head's input over up to ``max_examples`` examples of ``enc`` (evenly spaced in split order, so a split
+    sorted by label is sampled across its labels), the standard deviation floored as in training
+    (:func:`floored_std`). FastBERT heads have no statistics: ``params`` unchanged."""
+    if module.head == "fastbert":
+        return params
+    n = min(len(enc), max_examples)
+    if n < 2:
+        raise data.DataError(f"{enc.task}/{enc.split}: at least 2 examples are needed to fit the exit heads' input "
+                             f"statistics, got {len(enc)}")
+    chosen = np.unique(np.linspace(0, len(enc) - 1, n).round().astype(np.int64))
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    for start in range(0, len(chosen), batch_size):
+        batch = data.make_batch(enc, chosen[start:start + batch_size], batch_size, buckets=buckets)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        captured = flax.traverse_util.flatten_dict(_head_inputs(module, params, inputs), sep="/")
+        for key, (value,) in captured.items():
+            layer = key.split("/")[1]
+            x = np.asarray(value, np.float64).reshape(batch_size, -1)[batch["valid"]]
+            sums[layer] = sums.get(layer, 0.0) + x.sum(0)
+            squares[layer] = squares.get(layer, 0.0) + (x * x).sum(0)
+    heads = flax.core.unfreeze(params["internal_classifiers"])
+    for layer, total in sums.items():
+        mean = total / len(chosen)
+        std = np.asarray(floored_std(np.sqrt(np.maximum(squares[layer] / len(chosen) - mean * mean, 0.0))))
+        heads[layer][INPUT_STATS] = {"mean": jnp.asarray(mean, jnp.float32),
+                                     "inv_std": jnp.asarray(1 / std, jnp.float32)}
+    return {**params, "internal_classifiers": heads}
+
+
+@functools.partial(xla.jit, static_argnums=0)
+def _head_inputs(module: MultiExitBert, params, batch):
+    _, state = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                            mutable=["intermediates"])
+    return state["intermediates"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -317,6 +400,8 @@ def train_exits(config: ExitTrainConfig, *, dp: parallel.DataParallel | None = N
     final = {**frozen, **trained}
     final = {k: final[k] for k in params}  # The input's key order.
     model_dir = None
+    if result.status == "finished":
+        final = fit_input_stats(module, final, train, batch_size=config.run.eval_batch_size, buckets=d.buckets)
     if result.status == "finished" and is_writer:
         model_dir = save_multi_exit(module, final, out / "model", tokenizer=tokenizer)
         (out / "summary.json").write_text(json.dumps(

@@ -154,12 +154,15 @@ RESUME_FREE = ("run.backend", "run.eval_batch_size", "run.checkpoint_every", "ru
 # The optimiser.
 
 
+INPUT_STATS = "input_stats"  # A module of fixed (fitted, never trained) statistics: baselines._InputStats.
+
+
 def decay_mask(params) -> Any:
-    """True where weight decay applies: everything but LayerNorm parameters and biases."""
+    """True where weight decay applies: everything but LayerNorm parameters, biases and fixed input statistics."""
 
     def keep(path, _):
         names = [getattr(p, "key", str(p)) for p in path]
-        return not ("LayerNorm" in names or names[-1] == "bias")
+        return not ("LayerNorm" in names or INPUT_STATS in names or names[-1] == "bias")
 
     return jax.tree_util.tree_map_with_path(keep, params)
 

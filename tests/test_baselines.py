@@ -9,9 +9,10 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from cascade_jax import baselines, configs, curves, data, flops, metrics, models
+from cascade_jax import baselines, configs, curves, data, flops, losses, metrics, models
 from tests import tiny
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,11 +235,11 @@ def test_deebert_training_lowers_the_internal_loss_and_freezes_the_rest(workspac
     root, model_dir, train = workspace
     module, params = baselines.load_multi_exit(model_dir, head="pooler")
     before = _objective(module, params, train, "deebert")
-    config = _exit_config(root, model_dir, "deebert", mode="deebert", max_steps=40, learning_rate=3e-2)
+    config = _exit_config(root, model_dir, "deebert", mode="deebert", max_steps=40, learning_rate=1e-2)
     result = baselines.train_exits(config)
     assert result.step == 40 and len(_losses(root / "deebert")) == 40
     after = _objective(module, result.params, train, "deebert")
-    assert after < before - 0.08, (before, after)  # 1.386 -> 1.226 here.
+    assert after < before - 0.08, (before, after)  # 1.386 -> 1.217 here.
     frozen = {k: params[k] for k in ("bert", "classifier")}
     assert _leaves_equal(frozen, {k: result.params[k] for k in ("bert", "classifier")})  # Bitwise unchanged.
     changed = jax.tree_util.tree_map(lambda x, y: not np.array_equal(x, y), params["internal_classifiers"],
@@ -377,3 +378,90 @@ def test_fastbert_self_distillation_trains_the_heads_only_and_exits_on_entropy(w
     assert spread > 1  # Some speed really splits the examples between layers.
     assert (baselines.exit_result(logits, "entropy", 0.0).layers == 3).all()
     assert (baselines.exit_result(logits, "entropy", 1.0 + 1e-9).layers == 1).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fixed standardisation of DeeBERT's and PABEE's head inputs.
+
+
+def _np_floored_std(x):
+    std = x.std(0)
+    return np.maximum(std, 1e-3 * std.max())
+
+
+def test_input_stats_use_the_valid_rows_of_the_batch_in_training_and_the_fitted_values_otherwise():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(10, 6)) * [1, 2, 3, 1e-9, 0.5, 1] + 7).astype(np.float32)  # Feature 3 barely varies.
+    valid = np.array([True] * 7 + [False] * 3)
+    x[~valid] = 1e4  # Padding rows hold garbage that must not move the statistics.
+    layer = baselines._InputStats(6)
+    params = layer.init(jax.random.PRNGKey(0), x, valid, True)["params"]
+    train_out = np.asarray(layer.apply({"params": params}, x, valid, False), np.float64)
+    real = x[valid].astype(np.float64)
+    np.testing.assert_allclose(train_out[valid], (real - real.mean(0)) / _np_floored_std(real), rtol=2e-4, atol=1e-3)
+    assert np.abs(train_out[valid][:, 3]).max() < 1e-2  # Floored: 1e-3 of the largest std, not 1e-9.
+
+    fitted = {"mean": jnp.arange(6.0), "inv_std": jnp.full(6, 0.5)}
+    np.testing.assert_allclose(np.asarray(layer.apply({"params": fitted}, x, valid, True)),
+                               (x - np.arange(6.0)) * 0.5, rtol=1e-6)
+    grads = jax.grad(lambda p: layer.apply({"params": p}, x, valid, False).sum() +
+                     layer.apply({"params": p}, x, valid, True).sum())(fitted)
+    assert not any(np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(grads))  # Never trained.
+    assert not any(jax.tree_util.tree_leaves(configs.decay_mask({"input_stats": fitted})))  # Never decayed.
+
+
+@pytest.mark.parametrize("head", ["pooler", "shared_pooler"])
+def test_fitted_input_stats_are_the_float64_statistics_of_each_layers_head_input(workspace, head):
+    _, model_dir, train = workspace
+    module, params = baselines.load_multi_exit(model_dir, head=head)
+    fitted = baselines.fit_input_stats(module, params, train, batch_size=16)
+    base, _ = models.from_pretrained(model_dir, num_labels=2)
+    batch = data.make_batch(train, np.arange(len(train)), len(train))
+    states = base.apply({"params": {k: params[k] for k in ("bert", "classifier")}}, batch["input_ids"],
+                        batch["attention_mask"], batch["token_type_ids"], output_hidden_states=True).hidden_states
+    pooler = params["bert"]["pooler"]["dense"]
+    for i in range(2):
+        cls = np.asarray(states[i + 1][:, 0], np.float64)
+        x = cls if head == "pooler" else np.tanh(cls @ np.asarray(pooler["kernel"], np.float64) + pooler["bias"])
+        got = fitted["internal_classifiers"][f"layer_{i}"]["input_stats"]
+        np.testing.assert_allclose(got["mean"], x.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["inv_std"], 1 / _np_floored_std(x), rtol=1e-3)
+    assert _leaves_equal({k: params[k] for k in ("bert", "classifier")},
+                         {k: fitted[k] for k in ("bert", "classifier")})
+
+    fast_module, fast = baselines.load_multi_exit(model_dir, head="fastbert")
+    assert baselines.fit_input_stats(fast_module, fast, train) is fast  # FastBERT's heads have no statistics.
+
+
+def test_standardised_heads_learn_from_a_cls_vector_that_barely_varies():
+    """The failure the standardisation fixes: a [CLS] vector whose variation across examples is 1e-4 of its norm
+    (MiniLM's layers 1-3). The same DeeBERT head and optimiser learn it with the standardisation in training mode."""
+    config = models.BertConfig(vocab_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, num_labels=2, hidden_dropout_prob=0.0)
+    head = baselines._InternalHead(config, "pooler")
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(256, 16))
+    labels = (signal[:, 0] + signal[:, 1] > 0).astype(np.int32)
+    state = (5.0 + 1e-4 * signal)[:, None, :].astype(np.float32)  # [B, 1, H]: the [CLS] position only.
+    mask = np.ones((256, 1), np.int32)
+    params = head.init(jax.random.PRNGKey(0), state, None, True, mask)["params"]
+    tx = configs.make_optimizer(configs.OptimConfig(epochs=1.0, batch_size=256, learning_rate=5e-3,
+                                                    warmup_ratio=0.0), 256 * 150)[0]
+
+    def loss(p):
+        logits = head.apply({"params": p}, state, None, False, mask)
+        return losses.cross_entropy(logits, labels, None)
+
+    @jax.jit
+    def step(p, opt):
+        g = jax.grad(loss)(p)
+        updates, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, updates), opt
+
+    opt = tx.init(params)
+    for _ in range(150):
+        params, opt = step(params, opt)
+    fitted = {**params, "input_stats": {"mean": jnp.asarray(state[:, 0].mean(0)),
+                                        "inv_std": jnp.asarray(1 / _np_floored_std(state[:, 0].astype(np.float64)))}}
+    accuracy = np.mean(np.asarray(head.apply({"params": fitted}, state, None, True, mask)).argmax(-1) == labels)
+    assert accuracy > 0.9, accuracy

@@ -122,6 +122,21 @@ def test_a_second_invocation_resumes_instead_of_recomputing(finished_run):
     assert sum("skipped" in line for line in lines) == len(pipeline.STAGE_ORDER)
 
 
+def test_a_training_stage_run_again_makes_the_evaluation_run_again(finished_run):
+    import shutil
+
+    config, _, _ = finished_run
+    layout = pipeline.RunLayout(config.output_dir)
+    assert pipeline.evaluation_stale(layout) == []
+    layout.marker("deebert").unlink()
+    shutil.rmtree(layout.baseline("deebert"))
+    lines = []
+    spent = pipeline.run(config, log=lines.append)
+    assert list(spent) == ["deebert", "evaluate"]
+    assert any("deebert finished after the last evaluation" in line for line in lines)
+    assert pipeline.evaluation_stale(layout) == []
+
+
 def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         pipeline.make_config("fast", str(tmp_path))

@@ -11,7 +11,7 @@ Modules: :mod:`.config` (PipelineConfig, presets), :mod:`.layout` (the run folde
 from cascade_jax.pipeline.config import PRESETS, PipelineConfig, make_config
 from cascade_jax.pipeline.layout import RunLayout, ce_member, dar_member, seed_member
 from cascade_jax.pipeline.page import results_markdown, write_results_page
-from cascade_jax.pipeline.runner import STAGE_ORDER, run, stage_done
+from cascade_jax.pipeline.runner import STAGE_ORDER, evaluation_stale, run, stage_done
 
-__all__ = ["PRESETS", "PipelineConfig", "RunLayout", "STAGE_ORDER", "ce_member", "dar_member", "make_config",
-           "results_markdown", "run", "seed_member", "stage_done", "write_results_page"]
+__all__ = ["PRESETS", "PipelineConfig", "RunLayout", "STAGE_ORDER", "ce_member", "dar_member", "evaluation_stale",
+           "make_config", "results_markdown", "run", "seed_member", "stage_done", "write_results_page"]

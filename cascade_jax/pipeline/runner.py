@@ -29,6 +29,19 @@ def stage_done(layout: RunLayout, name: str) -> bool:
         return False
 
 
+def _finished(layout: RunLayout, name: str) -> float:
+    return float(json.loads(layout.marker(name).read_text()).get("finished", 0.0))
+
+
+def evaluation_stale(layout: RunLayout) -> list[str]:
+    """The training stages that finished after the evaluate stage did (e.g. one deleted and run again): its results
+    no longer describe the trained models, so it runs again."""
+    if not stage_done(layout, "evaluate"):
+        return []
+    evaluated = _finished(layout, "evaluate")
+    return [n for n in STAGE_ORDER[:-1] if stage_done(layout, n) and _finished(layout, n) > evaluated]
+
+
 def check_config(config: PipelineConfig, log: Callable[[str], None]) -> None:
     """Refuse to reuse a run folder made with other settings; when only the evaluation settings changed, the
     evaluate stage runs again."""
@@ -63,6 +76,10 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
     start = time.perf_counter()
     spent: dict[str, float] = {}
     for i, name in enumerate(names, 1):
+        newer = evaluation_stale(layout) if name == "evaluate" else []
+        if newer:
+            layout.marker(name).unlink()
+            log(f"[{i}/{len(names)}] evaluate: {', '.join(newer)} finished after the last evaluation; it runs again")
         if stage_done(layout, name):
             log(f"[{i}/{len(names)}] {name}: done earlier, skipped ({layout.marker(name)})")
             continue
