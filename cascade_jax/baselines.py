@@ -219,7 +219,12 @@ def load_multi_exit(model_dir, *, head: str | None = None, dtype=jnp.float32, se
         got = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), heads)
         want = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), expected)
         if got != want:
-            raise models.ModelLoadError(f"{directory / _HEADS_FILE}: internal heads do not fit the model's config")
+            missing = sorted(set(flax.traverse_util.flatten_dict(want, sep="/")) -
+                             set(flax.traverse_util.flatten_dict(got, sep="/")))
+            hint = (f"; it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (heads saved before "
+                    f"the {INPUT_STATS} standardisation existed: train the exits again)" if missing else "")
+            raise models.ModelLoadError(f"{directory / _HEADS_FILE}: internal heads do not fit the model's config"
+                                        f"{hint}")
     else:
         heads = jax.jit(lambda rng: _init(module, rng)["internal_classifiers"])(jax.random.PRNGKey(seed))
     return module, {"bert": base["bert"], "classifier": base["classifier"], "internal_classifiers": heads}

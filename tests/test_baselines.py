@@ -465,3 +465,15 @@ def test_standardised_heads_learn_from_a_cls_vector_that_barely_varies():
                                         "inv_std": jnp.asarray(1 / _np_floored_std(state[:, 0].astype(np.float64)))}}
     accuracy = np.mean(np.asarray(head.apply({"params": fitted}, state, None, True, mask)).argmax(-1) == labels)
     assert accuracy > 0.9, accuracy
+
+
+def test_heads_saved_without_input_statistics_are_refused_with_what_to_do(workspace, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, model_dir, _ = workspace
+    module, params = baselines.load_multi_exit(model_dir, head="pooler")
+    saved = baselines.save_multi_exit(module, params, tmp_path / "saved")
+    heads = saved / "internal_classifiers.safetensors"
+    save_file({k: v for k, v in load_file(str(heads)).items() if "input_stats" not in k}, str(heads))
+    with pytest.raises(models.ModelLoadError, match="input_stats standardisation existed: train the exits again"):
+        baselines.load_multi_exit(saved)

@@ -122,13 +122,13 @@ _QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "quick": {
-        "preset": "quick", "data.train_subset": 1000, "data.max_length": 64, "seeds": 1,
+        "preset": "quick", "data.train_subset": 850, "data.max_length": 64, "seeds": 1,
         "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, **_QUICK_EPOCHS,
         "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 4.0,
         "labels_shallow.optim.learning_rate": 3e-4,
         "dar.margins": (0.5,), "kd.member": False, "dev_eval": "end",
         "eval.wallclock_batch_sizes": (64,), "eval.wallclock_repeats": 2, "eval.wallclock_targets": (1.5,),
-        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 400,
+        "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 300,
     },
     "standard": {
         "preset": "standard", "data.max_length": 64, "seeds": 3,
