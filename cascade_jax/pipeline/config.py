@@ -114,7 +114,7 @@ class PipelineConfig:
 RESUME_FREE = ("progress", "cuts")
 EVAL_SECTION = "eval"
 
-_QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 4.0,
+_QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 3.0,
                  "shallow.learning_rate": 3e-4, "exits.epochs": 2.0, "exits.learning_rate": 5e-3,
                  "pabee.epochs": 1.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
                  "distill.epochs": 2.0, "distill.learning_rate": 3e-4, "pkd_epochs": 4.0}
@@ -122,7 +122,7 @@ _QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "quick": {
-        "preset": "quick", "data.train_subset": 850, "data.max_length": 64, "seeds": 1,
+        "preset": "quick", "data.train_subset": 800, "data.max_length": 64, "seeds": 1,
         "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, **_QUICK_EPOCHS,
         "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 4.0,
         "labels_shallow.optim.learning_rate": 3e-4,
