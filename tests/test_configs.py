@@ -109,8 +109,8 @@ def test_generated_flags_take_their_defaults_from_the_dataclasses():
 def test_pipeline_flags_are_dotted_where_a_name_repeats():
     parser = argparse.ArgumentParser()
     cli.add_config_flags(parser, PipelineConfig, exclude=("preset", "cuts"), flat_sections=("data",))
-    args = parser.parse_args(["--members.epochs", "3", "--labels.folds", "4", "--train-subset", "50",
+    args = parser.parse_args(["--members.epochs", "5", "--labels.folds", "4", "--train-subset", "50",
                               "--dar.margins", "0.3", "0.5"])
     c = pipeline.make_config("quick", "o", cli.config_overrides(args))
-    assert (c.members.epochs, c.labels.folds, c.data.train_subset, c.dar.margins) == (3.0, 4, 50, (0.3, 0.5))
-    assert c.shallow.epochs == 4.0  # The preset's, untouched.
+    assert (c.members.epochs, c.labels.folds, c.data.train_subset, c.dar.margins) == (5.0, 4, 50, (0.3, 0.5))
+    assert c.shallow.epochs == pipeline.PRESETS["quick"]["shallow.epochs"] != 5.0  # The preset's, untouched.
