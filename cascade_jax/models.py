@@ -103,14 +103,30 @@ class BertOutput:
     hidden_states: tuple[jax.Array, ...] | None = None
 
 
+class _Dense(nn.Dense):
+    """``nn.Dense`` whose output is cast back to ``dtype``: with a low-precision ``dtype`` the matmul accumulates
+    and adds the bias in float32 (``preferred_element_type``), see :func:`_dense`."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        return super().__call__(inputs).astype(self.dtype)
+
+
+def _accumulate_f32(dtype) -> bool:
+    return jnp.dtype(dtype) != jnp.float32
+
+
 def _dense(config: BertConfig, features: int, dtype, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(config.initializer_range),
-        name=name,
-    )
+    """A dense layer computing in ``dtype``. Below float32 (bfloat16), its dot takes bf16 operands and accumulates
+    in float32: XLA:CPU sends such a dot to YNNPACK's bf16 kernels (AVX512-BF16 / AMX where the CPU has them),
+    while a bf16 -> bf16 dot is converted to float32 first (docs/bench_model.md); on GPU/TPU it is the usual
+    mixed-precision matmul. float32 keeps ``nn.Dense`` exactly."""
+    if not _accumulate_f32(dtype):
+        return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                        kernel_init=nn.initializers.normal(config.initializer_range), name=name)
+    return _Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.normal(config.initializer_range), name=name,
+                  dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
@@ -155,10 +171,12 @@ class BertSelfAttention(nn.Module):
             return y.reshape(y.shape[:-1] + (heads, head_dim))  # [B, L, H, D]
 
         q, k, v = project("query"), project("key"), project("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim)
+        # Scores and the context accumulate in float32 whatever the compute dtype (see _dense).
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(head_dim)
         probs = jax.nn.softmax(scores + additive_mask, axis=-1)
         probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v,
+                             preferred_element_type=jnp.float32).astype(self.dtype)
         return context.reshape(context.shape[:2] + (c.hidden_size,))
 
 

@@ -1,13 +1,15 @@
 """The XLA compile options the library applies to its own jitted functions, chosen per backend.
 
-  compiler_options(backend=None) -> dict      # {} off the CPU, or where an option is unknown to this jaxlib
-  jit(fn, **jit_kwargs)                       # jax.jit with those options
+  compiler_options(backend=None, low_precision=False) -> dict   # {} off the CPU, for bf16, or options unknown here
+  jit(fn, **jit_kwargs)                       # jax.jit with those options, chosen per call by the arguments' dtypes
 
 The library's inference functions (a cascade stage, evaluation and prediction) use them; training steps keep
 XLA's defaults. On CPU they turn off XLA's experimental YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``):
 measured in docs/bench_model.md, the BERT forward pass is 1.1-1.7x faster with them off on an AMD EPYC (AVX-512),
-while the training step is about 7% slower (docs/bench_train.md), hence forward only. GPU and TPU get XLA's
-defaults. ``CASCADE_JAX_XLA_DEFAULTS=1`` in the environment keeps XLA's defaults everywhere (to compare, or if an
+while the training step is about 7% slower (docs/bench_train.md), hence forward only. A call whose arguments hold
+bfloat16 or float16 arrays (a bf16 model's parameters) keeps XLA's defaults instead: they send the model's bf16 dots
+(float32 accumulation) to YNNPACK's bf16 kernels, 1.4x faster than with the fusions off (docs/bench_model.md). GPU
+and TPU get XLA's defaults. ``CASCADE_JAX_XLA_DEFAULTS=1`` in the environment keeps XLA's defaults everywhere (to compare, or if an
 XLA release changes the picture).
 """
 
@@ -18,6 +20,8 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 ENV_DEFAULTS = "CASCADE_JAX_XLA_DEFAULTS"
@@ -33,34 +37,52 @@ def _accepted(option: str, value: str) -> bool:
         return False
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any]:
-    """The options for ``backend`` (default: JAX's default backend)."""
-    if os.environ.get(ENV_DEFAULTS, "").strip() in ("1", "true", "yes"):
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def compiler_options(backend: str | None = None, low_precision: bool = False) -> dict[str, Any]:
+    """The options for ``backend`` (default: JAX's default backend); ``low_precision``: for a bf16/f16 program."""
+    if os.environ.get(ENV_DEFAULTS, "").strip() in ("1", "true", "yes") or low_precision:
         return {}
     if (backend or jax.default_backend()) != "cpu":
         return {}
     return {k: v for k, v in CPU_OPTIONS.items() if _accepted(k, v)}
 
 
+def is_low_precision(tree) -> bool:
+    """Whether any array leaf of ``tree`` is bfloat16 or float16."""
+    return any(isinstance(leaf, (jax.Array, np.ndarray)) and leaf.dtype in LOW_PRECISION
+               for leaf in jax.tree_util.tree_leaves(tree))
+
+
 class _Jitted:
     """``jax.jit`` with :func:`compiler_options`, built on first use (so importing the library does not
-    initialise a backend: multi-process runs must call ``jax.distributed.initialize`` first)."""
+    initialise a backend: multi-process runs must call ``jax.distributed.initialize`` first); one jitted function
+    for float32 calls and one for low-precision calls."""
 
     def __init__(self, fn: Callable, kwargs: dict):
         self._fn, self._kwargs = fn, kwargs
+        self._jitted: dict[bool, Callable] = {}
         functools.update_wrapper(self, fn)
 
-    @functools.cached_property
+    def jitted_for(self, low_precision: bool) -> Callable:
+        if low_precision not in self._jitted:
+            options = compiler_options(low_precision=low_precision) or None
+            self._jitted[low_precision] = jax.jit(self._fn, compiler_options=options, **self._kwargs)
+        return self._jitted[low_precision]
+
+    @property
     def jitted(self) -> Callable:
-        return jax.jit(self._fn, compiler_options=compiler_options() or None, **self._kwargs)
+        """The float32 variant."""
+        return self.jitted_for(False)
 
     def __call__(self, *args, **kwargs):
-        return self.jitted(*args, **kwargs)
+        return self.jitted_for(is_low_precision((args, kwargs)))(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
+        return self.jitted_for(is_low_precision((args, kwargs))).lower(*args, **kwargs)
 
 
 def jit(fn: Callable, **kwargs) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with :func:`compiler_options`."""
+    """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` (float32 or low-precision, by the arguments)."""
     return _Jitted(fn, kwargs)

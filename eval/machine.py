@@ -95,8 +95,9 @@ def gemm_flops(n: int) -> int:
 
 
 def gemm(dtype, n: int, jit=None, seed: int = 0):
-    """``run()``: one ``[n, n] @ [n, n]`` matmul in ``dtype`` (output in ``dtype``, as the model's dense layers),
-    compiled ahead of time by ``jit`` (default ``cascade_jax.xla.jit``, the library's compile options), waited for."""
+    """``run()``: one ``[n, n] @ [n, n]`` matmul in ``dtype`` (output in ``dtype``, as the model's dense layers:
+    below float32 it accumulates in float32, ``preferred_element_type``), compiled ahead of time by ``jit`` (default
+    ``cascade_jax.xla.jit``, the library's compile options), waited for."""
     import jax
     import jax.numpy as jnp
 
@@ -107,7 +108,10 @@ def gemm(dtype, n: int, jit=None, seed: int = 0):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
     a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
-    compiled = jit(lambda x, y: x @ y).lower(a, b).compile()
+    if jnp.dtype(dtype) == jnp.float32:
+        compiled = jit(lambda x, y: x @ y).lower(a, b).compile()
+    else:
+        compiled = jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32).astype(dtype)).lower(a, b).compile()
     return lambda: compiled(a, b).block_until_ready()
 
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -173,6 +174,35 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path):
     err = float(jnp.max(jnp.abs(a.last_hidden_state - b.last_hidden_state.astype(jnp.float32))))
     assert 0 < err < 0.05 * scale  # Different (bf16 rounding) but close.
     assert float(jnp.max(jnp.abs(a.logits - b.logits))) < 0.05
+
+
+def _dot_dtypes(fn, *args) -> list[tuple[tuple[str, ...], str]]:
+    """(operand dtypes, result dtype) of every dot_general in ``fn``'s jaxpr, nested calls included."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append((tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype)))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_bfloat16_matmuls_take_bf16_operands_and_accumulate_in_float32(tmp_path):
+    # The bf16 path's speed on CPU rests on this form (bf16 x bf16 -> f32: XLA:CPU's YNNPACK bf16 kernels); a
+    # bf16 -> bf16 dot would be upcast to float32 by XLA first. float32 models keep float32 dots.
+    _, cfg = _tiny_torch_checkpoint(tmp_path, seed=5, **TINY_CONFIGS[1])
+    enc = _random_batch(np.random.default_rng(1), 4, 10, cfg["vocab_size"], 3)
+    batch = {k: jnp.asarray(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    for dtype, operands, result in ((jnp.bfloat16, "bfloat16", "float32"), (jnp.float32, "float32", "float32")):
+        module, params = models.from_pretrained(tmp_path, num_labels=2, dtype=dtype)
+        dots = _dot_dtypes(models.logits_fn(module), models.cast_params(params, dtype), batch)
+        # Per layer: q, k, v, attention output, intermediate, output dense and the two attention einsums.
+        assert len(dots) >= 8 * cfg["num_hidden_layers"]
+        assert all(ops == (operands, operands) and out == result for ops, out in dots), dots
 
 
 def test_dropout_is_active_only_when_not_deterministic(tmp_path):

@@ -33,3 +33,21 @@ def test_jit_applies_the_options_and_keeps_jit_semantics():
     probs, max_prob, _ = cascade._step(apply_fn, params, batch)
     np.testing.assert_allclose(probs, jax.nn.softmax(jax.jit(apply_fn)(params, batch)), rtol=1e-6)
     np.testing.assert_allclose(max_prob, probs.max(-1))
+
+
+def test_a_bf16_call_gets_xla_defaults_and_a_float32_call_the_cpu_options(monkeypatch):
+    # XLA's defaults send bf16 dots to YNNPACK (fast); the CPU options (YNN fusions off) are for float32.
+    monkeypatch.delenv(xla.ENV_DEFAULTS, raising=False)
+    assert xla.compiler_options("cpu", low_precision=True) == {}
+    assert xla.is_low_precision({"w": jnp.ones(2, jnp.bfloat16), "n": 3}) and xla.is_low_precision(
+        [np.ones(2, jnp.float16)])
+    assert not xla.is_low_precision({"w": jnp.ones(2), "ids": np.ones(2, np.int32), "dtype": jnp.bfloat16})
+    chosen = []
+    monkeypatch.setattr(xla, "compiler_options", lambda backend=None, low_precision=False: chosen.append(
+        low_precision) or {})
+    f = xla.jit(lambda params, x: (x @ params["w"]).astype(jnp.float32))
+    x = jnp.ones((2, 3))
+    np.testing.assert_allclose(f({"w": jnp.ones((3, 2))}, x), 3.0)
+    np.testing.assert_allclose(f({"w": jnp.ones((3, 2), jnp.bfloat16)}, x.astype(jnp.bfloat16)), 3.0)
+    f({"w": jnp.ones((3, 2))}, x)  # Both variants are kept: no new choice.
+    assert chosen == [False, True]
