@@ -400,7 +400,7 @@ def train_exits(config: ExitTrainConfig, *, dp: parallel.DataParallel | None = N
         configs.write(out, CONFIG_FILE, config)
     step = make_exit_step(module, tx, config.mode, config.model.dropout)
     result = trainer.run_resumable(out, step, (frozen,), state, train, config.optim, config.run, seed=config.seed,
-                                   buckets=d.buckets, total=total, dp=dp, is_writer=is_writer, on_step=on_step)
+                                   data_cfg=d, total=total, dp=dp, is_writer=is_writer, on_step=on_step)
     trained = dp.unreplicate(result.state).params
     final = {**frozen, **trained}
     final = {k: final[k] for k in params}  # The input's key order.

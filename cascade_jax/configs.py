@@ -86,6 +86,9 @@ class DataConfig:
     train_subset: int | None = field(None, "train on a fixed random sample of N training examples (data.subset)")
     max_length: int = field(128, "truncate inputs to this many tokens")
     buckets: tuple[int, ...] = field(DEFAULT_BUCKETS, "allowed padded lengths of a batch")
+    length_grouping: int = field(0, "training batches of similar length: each chunk of N batches of the shuffled "
+                                    "epoch is sorted by length, cut into batches and their order shuffled (less "
+                                    "padding, same examples); 0: plain random batches")
     test_from_dev: float | None = field(None, "share of the official dev split held out (seeded) as the test split; "
                                               "default: half when the task's test labels are withheld (GLUE), "
                                               "else none")
@@ -95,6 +98,9 @@ class DataConfig:
         object.__setattr__(self, "buckets", tuple(int(b) for b in self.buckets))
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"data.train_subset must be a positive number of examples, got {self.train_subset}")
+        if self.length_grouping < 0:
+            raise ConfigError(f"data.length_grouping must be 0 (off) or a positive number of batches, got "
+                              f"{self.length_grouping}")
         if self.max_length < 2:
             raise ConfigError(f"data.max_length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
 

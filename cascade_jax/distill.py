@@ -191,7 +191,7 @@ def train_pkd(config: PKDConfig, *, dp: parallel.DataParallel | None = None,
     step = make_pkd_step(student, teacher, tx, layer_map, alpha=config.alpha, temperature=config.temperature,
                          beta=config.beta, dropout=config.model.dropout)
     result = trainer.run_resumable(out, step, (teacher_params,), state, train, config.optim, config.run,
-                                   seed=config.seed, buckets=config.data.buckets, total=total, dp=dp,
+                                   seed=config.seed, data_cfg=config.data, total=total, dp=dp,
                                    is_writer=is_writer, on_step=on_step)
     final = dp.unreplicate(result.state).params
     model_dir = None
@@ -372,7 +372,7 @@ def train_theseus(config: TheseusConfig, *, dp: parallel.DataParallel | None = N
     state1 = trainer.new_state(init["bert"]["encoder"], tx1, config.seed)
     preemption = Preemption()  # Shared by both phases: a stop asked for at phase 1's last step stops phase 2.
     result1 = trainer.run_resumable(out / "phase1", step1, (predecessor,), state1, train, config.optim, config.run,
-                                    seed=config.seed, buckets=config.data.buckets, total=total1, dp=dp,
+                                    seed=config.seed, data_cfg=config.data, total=total1, dp=dp,
                                     is_writer=is_writer, on_step=on_step, preemption=preemption)
     successor = successor_params(jax.device_get(predecessor), dp.unreplicate(result1.state).params)
     if result1.status != "finished":
@@ -384,7 +384,7 @@ def train_theseus(config: TheseusConfig, *, dp: parallel.DataParallel | None = N
     step2 = trainer.make_train_step(module, tx2, trainer.LossConfig(kind="ce"), dropout=config.model.dropout)
     state2 = trainer.new_state(successor, tx2, config.seed + 1)
     result2 = trainer.run_resumable(out / "phase2", step2, (), state2, train, config.successor_optim, config.run,
-                                    seed=config.seed + 1, buckets=config.data.buckets, total=total2, dp=dp,
+                                    seed=config.seed + 1, data_cfg=config.data, total=total2, dp=dp,
                                     is_writer=is_writer, on_step=on_step, offset=total1, preemption=preemption)
     final = dp.unreplicate(result2.state).params
     step = total1 + result2.step

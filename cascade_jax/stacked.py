@@ -207,11 +207,16 @@ def make_predict_step(module: models.BertForSequenceClassification, stacked: boo
 # Batches.
 
 
-def member_train_positions(member: Member, step: int, steps_per_epoch: int, batch_size: int) -> np.ndarray:
-    """Training-split positions in ``member``'s batch at lock-step ``step`` (empty past the end of its epoch)."""
+def member_train_positions(member: Member, step: int, steps_per_epoch: int, batch_size: int, *,
+                           lengths: np.ndarray | None = None, length_grouping: int = 0) -> np.ndarray:
+    """Training-split positions in ``member``'s batch at lock-step ``step`` (empty past the end of its epoch): batch
+    ``j`` of epoch ``e`` of ``data.train_batch_indices`` over the member's own positions, seeded by its seed.
+    ``lengths`` (of the whole training split) are needed with ``length_grouping``."""
     epoch, j = divmod(step, steps_per_epoch)
-    order = data.epoch_permutation(len(member.train_positions), member.seed, epoch)
-    return member.train_positions[order[j * batch_size:(j + 1) * batch_size]]
+    own = None if not length_grouping else lengths[member.train_positions]
+    batches = data.train_batch_indices(len(member.train_positions), batch_size, seed=member.seed, epoch=epoch,
+                                       start_step=j, lengths=own, length_grouping=length_grouping)
+    return member.train_positions[batches[0] if batches else np.zeros(0, np.int64)]
 
 
 def _widen(batch: dict[str, np.ndarray], width: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -251,8 +256,11 @@ def group_train_batch(plan: Plan, group: Sequence[Member], step: int, stacked: b
     """The host batch (this process's rows) of ``group`` at lock-step ``step``: ``[M, B, L]`` when ``stacked``
     (place it with ``dp.shard_batch(batch, 1)``), else one member's ``[B, L]``."""
     size = plan.optim.batch_size
-    batches = [_batch_of(plan, plan.train, member_train_positions(m, step, plan.steps_per_epoch, size), size,
-                         plan.extras) for m in group]
+    grouping = plan.data.length_grouping
+    lengths = plan.train.lengths if grouping else None
+    batches = [_batch_of(plan, plan.train, member_train_positions(m, step, plan.steps_per_epoch, size,
+                                                                  lengths=lengths, length_grouping=grouping),
+                         size, plan.extras) for m in group]
     return _group_batch(plan, batches, stacked)
 
 

@@ -302,7 +302,8 @@ def run_mapped(mapped_step: Callable, batches, host_state, dp: parallel.DataPara
 
 
 def run_resumable(out: pathlib.Path, step: Callable, extra: tuple, state: TrainState, train: data.Encoded,
-                  optim: OptimConfig, run: RunConfig, *, seed: int, buckets, total: int, dp: parallel.DataParallel,
+                  optim: OptimConfig, run: RunConfig, *, seed: int, data_cfg: DataConfig, total: int,
+                  dp: parallel.DataParallel,
                   is_writer: bool, on_step=None, offset: int = 0, preemption: Preemption | None = None):
     """One resumable run of ``step`` (per-device, extra arguments ``extra``) over ``train`` into ``out``: restores
     ``out``'s latest checkpoint, runs the rest through :func:`run_mapped` and checkpoints every epoch (or
@@ -325,7 +326,8 @@ def run_resumable(out: pathlib.Path, step: Callable, extra: tuple, state: TrainS
     actions = [Every(1, lambda s, state, seen: bar.update(1), needs_metrics=False),
                logging_action(log, run.log_every, configs.learning_rate_schedule(optim, total), bar),
                Every(run.checkpoint_every or spe, save, on_stop=True)]
-    batches = data.batches_from_step(train, optim.batch_size, seed=seed, start_step=start, buckets=buckets)
+    batches = data.batches_from_step(train, optim.batch_size, seed=seed, start_step=start, buckets=data_cfg.buckets,
+                                     length_grouping=data_cfg.length_grouping)
     hook = None if on_step is None else (lambda s, m: on_step(offset + s, m))
     try:
         return run_mapped(lambda s, b: mapped(s, b, *placed), batches, state, dp, start=start, total=total,
@@ -427,7 +429,7 @@ def fit(
         actions.append(Every(eval_every, evaluate))
     actions.append(Every(ckpt_every, save, on_stop=True))
     batches = data.batches_from_step(train, config.optim.batch_size, seed=config.seed, start_step=start,
-                                     buckets=config.data.buckets,
+                                     buckets=config.data.buckets, length_grouping=config.data.length_grouping,
                                      extras=batch_extras(train, config.loss.uses_dar))
     try:
         result = run_mapped(lambda s, b: mapped(s, b, *extra), batches, state, dp, start=start, total=total,

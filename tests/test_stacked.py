@@ -40,13 +40,13 @@ def set_config(workspace, name, **kw):
         "loss.kind": "dar", "difficulty_file": str(labels), "variants": VARIANTS, **kw})
 
 
-def single_config(workspace, name, variant):
+def single_config(workspace, name, variant, **kw):
     root, model, folder, labels = workspace
     loss = trainer.LossConfig(kind="ce") if variant.dar_weight == 0 else trainer.LossConfig(
         kind="dar", margin=variant.margin, dar_weight=variant.dar_weight)
     return configs.create(trainer.TrainConfig, {
         **COMMON, "output_dir": str(root / name), "model.name": str(model), "source": str(folder), "loss": loss,
-        "seed": variant.seed, "difficulty_file": str(labels)})
+        "seed": variant.seed, "difficulty_file": str(labels), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,19 @@ def test_stacked_members_equal_separate_runs(workspace, together):
     """Three members (a cross-entropy one as DAR with weight 0, two DAR margins/weights, three seeds) as one vmapped
     run against three trainer.fit runs: the same seeds, data order and dropout keys; each keeps its best dev epoch.
     Only float rounding differs (batched matmuls; batches padded to the longest member's length)."""
-    assert together.status == "finished" and set(together.model_dirs) == {v.name for v in VARIANTS}
-    for v in VARIANTS:
-        alone = trainer.fit(single_config(workspace, f"alone-{v.name}", v))
+    assert_equal_to_separate_runs(workspace, together, VARIANTS, "alone")
+
+
+def test_stacked_members_with_length_grouping_equal_separate_runs(workspace):
+    # The stacked run draws each member's batches through the same grouping as trainer.fit.
+    grouped = stacked.fit_members(set_config(workspace, "together-grouped", variants=VARIANTS[1:], length_grouping=2))
+    assert_equal_to_separate_runs(workspace, grouped, VARIANTS[1:], "alone-grouped", length_grouping=2)
+
+
+def assert_equal_to_separate_runs(workspace, together, variants, prefix, **kw):
+    assert together.status == "finished" and set(together.model_dirs) == {v.name for v in variants}
+    for v in variants:
+        alone = trainer.fit(single_config(workspace, f"{prefix}-{v.name}", v, **kw))
         _, params = models.from_pretrained(together.model_dirs[v.name], num_labels=2)
         assert together.best[v.name]["step"] == alone.best["step"], v.name
         assert together.best[v.name]["accuracy"] == pytest.approx(alone.best["accuracy"], abs=1e-9)

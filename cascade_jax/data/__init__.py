@@ -17,7 +17,7 @@ Modules: :mod:`.tasks` (registry), :mod:`.readers` (files), :mod:`.sources` (``l
 """
 
 from cascade_jax.data.batching import (DEFAULT_BUCKETS, batches_from_step, bucket_length, bucket_set, device_layout,
-                                       epoch_permutation,
+                                       epoch_permutation, length_grouped,
                                        eval_batches, make_batch, process_rows, steps_per_epoch, train_batch_indices,
                                        train_batches)
 from cascade_jax.data.encode import (Encoded, cache_key, default_cache_root, encode, encode_split, load_tokenizer,
@@ -34,7 +34,7 @@ __all__ = [
     "DataFileNotFoundError", "DecodeError", "Encoded", "ForeignIdsError", "HubUnavailableError", "LabelError",
     "MissingColumnError", "SingleFileDevError", "is_blank",
     "Task", "UnknownSplitError", "UnknownTaskError", "bucket_length", "bucket_set", "cache_key",
-    "default_cache_root", "device_layout", "encode", "encode_split", "epoch_permutation", "eval_batches",
+    "default_cache_root", "device_layout", "encode", "encode_split", "epoch_permutation", "eval_batches", "length_grouped",
     "get_task", "join_by_id", "load_split", "load_tokenizer", "locate_source", "make_batch", "movie_split",
     "process_rows", "read_side_file", "select", "subset", "resolve_split", "source_fingerprint", "steps_per_epoch",
     "tokenizer_fingerprint", "train_batch_indices", "train_batches",

@@ -13,7 +13,9 @@ A batch is a dict of numpy arrays with leading dimension ``B`` (the batch size):
 Training: epoch ``e`` visits the examples in the order ``epoch_permutation(n, seed, e)``, cut into consecutive
 batches; the last partial batch is padded with ``valid=False`` rows (``drop_last=False``, default, so every example
 is seen exactly once per epoch) or dropped (``drop_last=True``). ``start_step=k`` starts at batch ``k`` of the
-epoch, giving exactly the batches an uninterrupted run would have produced from there.
+epoch, giving exactly the batches an uninterrupted run would have produced from there. With ``length_grouping=G``
+that order is cut into chunks of ``G`` batches, each chunk sorted by length and cut into batches, whose order
+within the chunk is then shuffled by :func:`chunk_batch_order` (less padding; see :func:`length_grouped`).
 
 Evaluation: every example exactly once, in split order; the last batch is padded with ``valid=False`` rows.
 
@@ -103,27 +105,71 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+# Seeds the order of a chunk's batches under length grouping; deliberately not a run's seed (see chunk_batch_order).
+_CHUNK_ORDER_SEED = 7919
+
+
+def chunk_batch_order(num_batches: int, epoch: int, chunk: int) -> np.ndarray:
+    """The order in which a length-sorted chunk's ``num_batches`` full batches are visited: a permutation that
+    depends on ``(epoch, chunk)`` only, not on the run's seed, so that runs trained in lock-step (a stacked group's
+    members, whose data orders differ) visit the same length rank at the same step and pad little when stacked."""
+    return np.random.default_rng([_CHUNK_ORDER_SEED, int(epoch), int(chunk)]).permutation(num_batches)
+
+
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, groups: int,
+                   epoch: int) -> list[np.ndarray]:
+    """``order`` (positions) cut into batches of similar length: consecutive chunks of ``groups * batch_size``
+    positions, each sorted by ``lengths`` (stable) and cut into batches; a chunk's full batches are visited in the
+    order :func:`chunk_batch_order`, and a partial batch (the epoch's last) stays last.
+
+    Each batch is still a random draw from its chunk's length stratum (the chunk is a random sample of the epoch),
+    so the examples an epoch visits and how often are unchanged; only the padding shrinks (a batch is padded to the
+    bucket of its longest example)."""
+    if groups < 1:
+        raise DataError(f"length_grouping must be a positive number of batches (or 0: off), got {groups}")
+    order = np.asarray(order)
+    if len(lengths) != len(order):
+        raise DataError(f"{len(lengths)} lengths for {len(order)} examples")
+    size = groups * batch_size
+    out: list[np.ndarray] = []
+    for chunk, lo in enumerate(range(0, len(order), size)):
+        part = order[lo:lo + size]
+        part = part[np.argsort(np.asarray(lengths)[part], kind="stable")]
+        cut = [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        full = [b for b in cut if len(b) == batch_size]
+        out += [full[i] for i in chunk_batch_order(len(full), epoch, chunk)] + cut[len(full):]
+    return out
+
+
 def train_batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
-                        drop_last: bool = False) -> list[np.ndarray]:
-    """The example positions of each training batch of an epoch, from batch ``start_step`` on."""
+                        drop_last: bool = False, lengths: np.ndarray | None = None,
+                        length_grouping: int = 0) -> list[np.ndarray]:
+    """The example positions of each training batch of an epoch, from batch ``start_step`` on; with
+    ``length_grouping`` (needs the examples' ``lengths``), batches of similar length (:func:`length_grouped`)."""
     if start_step < 0:
         raise DataError(f"start_step must be non-negative, got {start_step}")
     order = epoch_permutation(n, seed, epoch)
     steps = steps_per_epoch(n, batch_size, drop_last)
+    if length_grouping:
+        if lengths is None:
+            raise DataError("length_grouping needs the examples' lengths")
+        return length_grouped(order, lengths, batch_size, length_grouping, epoch)[start_step:steps]
     return [order[s * batch_size:(s + 1) * batch_size] for s in range(start_step, steps)]
 
 
 def train_batches(enc: Encoded, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
                   drop_last: bool = False, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                  extras: Sequence[str] = ()) -> Iterator[Batch]:
+                  extras: Sequence[str] = (), length_grouping: int = 0) -> Iterator[Batch]:
     """The global training batches of epoch ``epoch`` (shuffled by ``(seed, epoch)``), from ``start_step`` on."""
     for idx in train_batch_indices(len(enc), batch_size, seed=seed, epoch=epoch, start_step=start_step,
-                                   drop_last=drop_last):
+                                   drop_last=drop_last, lengths=enc.lengths if length_grouping else None,
+                                   length_grouping=length_grouping):
         yield make_batch(enc, idx, batch_size, buckets=buckets, extras=extras)
 
 
 def batches_from_step(enc: Encoded, batch_size: int, *, seed: int, start_step: int = 0,
-                      buckets: Sequence[int] = DEFAULT_BUCKETS, extras: Sequence[str] = ()) -> Iterator[Batch]:
+                      buckets: Sequence[int] = DEFAULT_BUCKETS, extras: Sequence[str] = (),
+                      length_grouping: int = 0) -> Iterator[Batch]:
     """Every training batch from global step ``start_step`` on, epoch after epoch without end: the batch of step
     ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (:func:`train_batches`), so a resumed
     run sees exactly the batches of one never interrupted."""
@@ -131,7 +177,7 @@ def batches_from_step(enc: Encoded, batch_size: int, *, seed: int, start_step: i
     epoch, in_epoch = divmod(start_step, spe)
     while True:
         yield from train_batches(enc, batch_size, seed=seed, epoch=epoch, start_step=in_epoch, buckets=buckets,
-                                 extras=extras)
+                                 extras=extras, length_grouping=length_grouping)
         epoch, in_epoch = epoch + 1, 0
 
 

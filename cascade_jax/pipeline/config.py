@@ -122,7 +122,7 @@ _QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "quick": {
-        "preset": "quick", "data.train_subset": 800, "data.max_length": 64, "seeds": 1,
+        "preset": "quick", "data.train_subset": 800, "data.max_length": 64, "data.length_grouping": 50, "seeds": 1,
         "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, **_QUICK_EPOCHS,
         "labels_shallow.folds": 2, "labels_shallow.seeds": 1, "labels_shallow.optim.epochs": 4.0,
         "labels_shallow.optim.learning_rate": 3e-4,
@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.sweep_points": 31, "eval.resamples": 1000, "eval.ood_max_examples": 300,
     },
     "standard": {
-        "preset": "standard", "data.max_length": 64, "seeds": 3,
+        "preset": "standard", "data.max_length": 64, "data.length_grouping": 50, "seeds": 3,
         "labels.folds": 3, "labels.seeds": 2, "labels.optim.epochs": 1.0, "labels.optim.learning_rate": 1e-4,
         "labels_shallow.folds": 3, "labels_shallow.seeds": 2, "labels_shallow.optim.epochs": 1.0,
         "labels_shallow.optim.learning_rate": 2e-4,
@@ -157,6 +157,8 @@ def make_config(preset: str, output_dir: str, overrides: dict[str, Any] | None =
 _PAPER_WORDS = {
     "data.train_subset": "trains on a sample of {} training examples (paper: the whole training split)",
     "data.max_length": "inputs cut at {} tokens (paper: 128)",
+    "data.length_grouping": "training batches of similar length (chunks of {} batches sorted by length; paper: "
+                            "random batches)",
     "seeds": "{} seed(s) per method",
     "labels.folds": "difficulty labels from K={} folds (paper: 8)",
     "labels.seeds": "S={} seeds per fold (paper: 5)",
