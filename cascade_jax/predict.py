@@ -181,12 +181,13 @@ class CascadePredictor:
                    threshold=threshold, exit_rule=exit_rule, dtype=dtype, method=method)
 
     @classmethod
-    def from_pipeline(cls, output_dir, *, target_speedup: float | None = None,
-                      batch_size: int = 64) -> "CascadePredictor":
+    def from_pipeline(cls, output_dir, *, target_speedup: float | None = None, batch_size: int = 64,
+                      dtype: str = "float32") -> "CascadePredictor":
         """The cascade a pipeline run chose (its report's ``cascade_thresholds``: members and the threshold per
         target speed-up), at ``target_speedup`` (default: the smallest target, the most accurate point). A run
         whose report has no ``cascade_thresholds`` gives the small member with DAR at the chosen margin -> the large
-        member, with the default threshold (and no target speed-ups).
+        member, with the default threshold (and no target speed-ups). ``dtype``: the members' compute dtype
+        ("bfloat16": bf16 weights and activations, float32 accumulation; the thresholds were chosen in float32).
         """
         root = pathlib.Path(output_dir)
         config_file, results_file = root / RUN_CONFIG_FILE, root / RUN_RESULTS_FILE
@@ -226,7 +227,7 @@ class CascadePredictor:
                 "max_prob"
         return cls.from_members(members, task=data_cfg["task"], max_length=data_cfg["max_length"],
                                 batch_size=batch_size, thresholds=thresholds, threshold=threshold,
-                                exit_rule=exit_rule, method=method)
+                                exit_rule=exit_rule, method=method, dtype=dtype)
 
     # ---------------------------------------------------------------------------------------------- save / load
 
@@ -269,8 +270,9 @@ class CascadePredictor:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, batch_size: int | None = None) -> "CascadePredictor":
-        """A cascade written by :meth:`save`."""
+    def load(cls, directory: str | os.PathLike, *, batch_size: int | None = None,
+             dtype: str | None = None) -> "CascadePredictor":
+        """A cascade written by :meth:`save`; ``dtype`` overrides the compute dtype it was saved with."""
         directory = pathlib.Path(directory)
         file = directory / CASCADE_FILE
         if not file.is_file():
@@ -287,10 +289,11 @@ class CascadePredictor:
         if list(task.label_names) != list(doc["label_names"]):
             raise PredictError(f"{file}: label names {doc['label_names']} differ from task {task.name!r}'s "
                                f"{list(task.label_names)}")
-        stages = _load_stages([directory / m["dir"] for m in doc["members"]], task.num_labels, doc["dtype"])
+        dtype = dtype or doc["dtype"]
+        stages = _load_stages([directory / m["dir"] for m in doc["members"]], task.num_labels, dtype)
         return cls(stages, models.tokenizer_for(directory), task.name, doc["max_length"],
                    batch_size or doc.get("batch_size", 64), thresholds=doc["thresholds"],
-                   threshold=doc["default_threshold"], exit_rule=doc["exit_rule"], dtype=doc["dtype"],
+                   threshold=doc["default_threshold"], exit_rule=doc["exit_rule"], dtype=dtype,
                    method=doc.get("method", ""))
 
     # ---------------------------------------------------------------------------------------------- prediction

@@ -208,14 +208,15 @@ def make_predict_step(module: models.BertForSequenceClassification, stacked: boo
 
 
 def member_train_positions(member: Member, step: int, steps_per_epoch: int, batch_size: int, *,
-                           lengths: np.ndarray | None = None, length_grouping: int = 0) -> np.ndarray:
+                           lengths: np.ndarray | None = None, length_grouping: int = 0,
+                           buckets: Sequence[int] = data.DEFAULT_BUCKETS) -> np.ndarray:
     """Training-split positions in ``member``'s batch at lock-step ``step`` (empty past the end of its epoch): batch
     ``j`` of epoch ``e`` of ``data.train_batch_indices`` over the member's own positions, seeded by its seed.
     ``lengths`` (of the whole training split) are needed with ``length_grouping``."""
     epoch, j = divmod(step, steps_per_epoch)
     own = None if not length_grouping else lengths[member.train_positions]
     batches = data.train_batch_indices(len(member.train_positions), batch_size, seed=member.seed, epoch=epoch,
-                                       start_step=j, lengths=own, length_grouping=length_grouping)
+                                       start_step=j, lengths=own, length_grouping=length_grouping, buckets=buckets)
     return member.train_positions[batches[0] if batches else np.zeros(0, np.int64)]
 
 
@@ -258,8 +259,10 @@ def group_train_batch(plan: Plan, group: Sequence[Member], step: int, stacked: b
     size = plan.optim.batch_size
     grouping = plan.data.length_grouping
     lengths = plan.train.lengths if grouping else None
+    buckets = data.bucket_set(plan.data.buckets, plan.train.max_length)
     batches = [_batch_of(plan, plan.train, member_train_positions(m, step, plan.steps_per_epoch, size,
-                                                                  lengths=lengths, length_grouping=grouping),
+                                                                  lengths=lengths, length_grouping=grouping,
+                                                                  buckets=buckets),
                          size, plan.extras) for m in group]
     return _group_batch(plan, batches, stacked)
 

@@ -12,7 +12,7 @@
 #
 # Shortened settings (see each benchmark's --help and docs/bench_*.md for the full runs):
 #   bench_model       minilm-l6, batch 256, length 128 only, 2 timed runs (fp32 and bf16, library and XLA defaults)
-#   bench_train       its default shapes (batch 32 x length 32 and 64), 2 rounds, DAR 3 rounds, no forced-device part
+#   bench_train       its default shapes (batch 32 x length 32 and 64; fp32 and bf16), 2 rounds, DAR 3 rounds, no forced-device part
 #   bench_difficulty  64 examples, K=2 x S=2, max length 32, 1 step-only repeat
 #   bench_cascade     batch 64 only, 1 timed run, the first 400 dev sentences
 set -uo pipefail
@@ -27,7 +27,7 @@ fi
 mkdir -p "$OUT"
 
 # The summary lines the benchmarks end with ("<prefix>: <number>").
-SUMMARY='^(jax/torch forward throughput, worst case|bf16 jax/torch forward throughput, worst case|fraction of GEMM rate|jax/torch train step, worst case|jax train step, fraction of GEMM rate|dar/ce step time|vmapped/loop time|wall-clock/layer speed-up, worst case): '
+SUMMARY='^(jax/torch forward throughput, worst case|bf16 jax/torch forward throughput, worst case|fraction of GEMM rate|jax/torch train step, worst case|jax train step, fraction of GEMM rate|jax bf16/fp32 train step time, worst case|dar/ce step time|vmapped/loop time|wall-clock/layer speed-up, worst case): '
 
 failed=0
 declare -a RAN=()

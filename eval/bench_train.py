@@ -3,7 +3,8 @@
 Three measurements, all float32, dropout on, one identical random batch per shape (token ids never special tokens,
 full attention mask, token type 0, random labels and difficulty):
 
-1. **JAX vs PyTorch**, for each ``--lengths`` (default: batch 32 x length 32 and 64). ``trainer.make_train_step``
+1. **JAX vs PyTorch**, for each ``--lengths`` (default: batch 32 x length 32 and 64); also the JAX step in
+   bfloat16 mixed precision (model dtype bf16, float32 parameters and optimiser; ``--no-bf16`` skips it). ``trainer.make_train_step``
    (CE) mapped by ``parallel.DataParallel`` (shard_map) on one device with ``configs.make_optimizer`` (global-norm
    clipping + AdamW, no decay on LayerNorm/biases), exactly as ``trainer.fit`` runs it (the library's defaults:
    training steps get XLA's default compile options, see ``cascade_jax/xla.py``), including placing the host batch
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing, after compilation (default: 2)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads(N) for part 1 (default: torch's own choice, one per core)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="skip the bfloat16 mixed-precision JAX step in part 1 (compute in bf16, parameters and "
+                        "optimiser in float32: model dtype bfloat16, as `--dtype bfloat16` in training)")
     p.add_argument("--no-ynn-off", dest="ynn_off", action="store_false",
                    help="in part 1, do not also time the JAX step compiled with YNNPACK fusions off")
     p.add_argument("--gemm-size", type=int, default=0,
@@ -320,6 +324,10 @@ def main(argv=None) -> int:
             if args.ynn_off:
                 fns["jax ynn-off"], compile_s["jax ynn-off"] = jax_step(module, params, shape_batch, dp, "ce",
                                                                         YNN_OFF, seed=args.seed)
+            if args.bf16:  # Mixed precision: the same float32 parameters, bf16 compute.
+                module_bf16 = models.BertForSequenceClassification(cfg, dtype=jnp.bfloat16)
+                fns["jax bf16"], compile_s["jax bf16"] = jax_step(module_bf16, params, shape_batch, dp, "ce",
+                                                                  seed=args.seed)
             with tempfile.TemporaryDirectory() as tmp:
                 models.save_pretrained(module, params, tmp)
                 fns["torch"], attn = torch_step(tmp, shape_batch, args.seed)
@@ -429,6 +437,9 @@ def main(argv=None) -> int:
               f"{achieved / 1e9:.1f} GFLOP/s ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs) over the fp32 GEMM's "
               f"{gemm_rate / 1e9:.1f} GFLOP/s")
         print(f"jax train step, fraction of GEMM rate: {achieved / gemm_rate:.3f}")
+        if args.bf16:
+            worst = max(sh["rows"]["jax bf16"]["median"] / sh["rows"]["jax"]["median"] for sh in part1["shapes"])
+            print(f"jax bf16/fp32 train step time, worst case: {worst:.2f} (mixed precision; below 1: bf16 faster)")
         print(f"jax/torch train step, worst case: {min(sh['ratio'] for sh in part1['shapes']):.2f}")
     if "dar_vs_ce" in results:
         print(f"dar/ce step time: {results['dar_vs_ce']['paired_ratio_median']:.3f}")

@@ -133,6 +133,28 @@ def test_from_pipeline_uses_the_recorded_thresholds(run_dir):
         CascadePredictor.from_pipeline(run_dir, target_speedup=3)
 
 
+def test_bfloat16_reaches_every_way_of_loading_a_cascade(run_dir, tmp_path):
+    # --dtype with --run or --cascade was once ignored (float32 ran): every loader now honours it.
+    from train import predict as cli
+
+    def dtypes(p):
+        return {str(x.dtype) for s in p.stages for x in jax.tree_util.tree_leaves(s.params)}
+
+    fp32 = CascadePredictor.from_pipeline(run_dir, batch_size=4)
+    bf16 = CascadePredictor.from_pipeline(run_dir, batch_size=4, dtype="bfloat16")
+    assert (fp32.dtype, dtypes(fp32), bf16.dtype, dtypes(bf16)) == ("float32", {"float32"}, "bfloat16", {"bfloat16"})
+    a, b = fp32.predict(TEXTS, threshold=1.0), bf16.predict(TEXTS, threshold=1.0)
+    assert max(abs(x["confidence"] - y["confidence"]) for x, y in zip(a, b)) < 0.02
+    fp32.save(tmp_path / "saved")
+    assert CascadePredictor.load(tmp_path / "saved").dtype == "float32"
+    assert dtypes(CascadePredictor.load(tmp_path / "saved", dtype="bfloat16")) == {"bfloat16"}
+    parser = cli.build_parser()
+    for source in (["--run", str(run_dir)], ["--cascade", str(tmp_path / "saved")]):
+        args = parser.parse_args([*source, "--dtype", "bfloat16", "in.txt"])
+        assert dtypes(cli.load_predictor(args)) == {"bfloat16"}, source
+    assert dtypes(cli.load_predictor(parser.parse_args(["--run", str(run_dir), "in.txt"]))) == {"float32"}
+
+
 def test_from_pipeline_without_recorded_thresholds_reads_the_margin(run_dir, tmp_path):
     old = tmp_path / "old-run"
     old.mkdir()

@@ -178,6 +178,19 @@ def test_a_tiny_model_learns_with_each_loss(workspace, tmp_path, kind):
     assert json.loads((pathlib.Path(cfg.output_dir) / "config.json").read_text())["loss"]["kind"] == kind
 
 
+def test_bfloat16_mixed_precision_learns_and_keeps_float32_parameters(workspace):
+    # Compute in bf16 (bf16 matmuls accumulating in float32), parameters and optimiser in float32.
+    root, model, folder = workspace
+    cfg = config(root, model, folder, "learn-bf16", epochs=8, loss=trainer.LossConfig(kind="ce"), log_every=6,
+                 dropout=False, dtype="bfloat16")
+    result = trainer.fit(cfg)
+    records = [json.loads(l) for l in (pathlib.Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train[-1]["ce"] < 0.7 * train[0]["ce"], [r["ce"] for r in train]
+    assert result.best["accuracy"] > 0.75
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(result.params))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors and small pieces.
 

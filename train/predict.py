@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("with --members")
     m.add_argument("--task", default="rotten_tomatoes", help="task name (label names) (default: rotten_tomatoes)")
     m.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default: 128)")
-    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype of the members (bfloat16: bf16 weights and activations, float32 accumulation; "
+                        "fast on CPUs with AVX512-BF16 or AMX, and on GPU/TPU) (default: float32; --cascade: the "
+                        "dtype it was saved with)")
     o = p.add_argument_group("operating point (default: the cascade's own)").add_mutually_exclusive_group()
     o.add_argument("--target-speedup", type=float, metavar="S",
                    help="use the threshold chosen on dev for this layer speed-up (--run, --cascade)")
@@ -138,14 +141,15 @@ def load_predictor(args):
     from cascade_jax.predict import CascadePredictor
 
     if args.run:
-        return CascadePredictor.from_pipeline(args.run, target_speedup=args.target_speedup, batch_size=args.batch_size)
+        return CascadePredictor.from_pipeline(args.run, target_speedup=args.target_speedup, batch_size=args.batch_size,
+                                              dtype=args.dtype or "float32")
     if args.cascade:
-        return CascadePredictor.load(args.cascade, batch_size=args.batch_size)
+        return CascadePredictor.load(args.cascade, batch_size=args.batch_size, dtype=args.dtype)
     if args.target_speedup is not None:
         raise configs.ConfigError("--target-speedup needs --run or --cascade (thresholds chosen on dev); with "
                                       "--members give --threshold")
     return CascadePredictor.from_members(args.members, task=args.task, max_length=args.max_length,
-                                         batch_size=args.batch_size, dtype=args.dtype)
+                                         batch_size=args.batch_size, dtype=args.dtype or "float32")
 
 
 def _writer(fmt: str, stream):

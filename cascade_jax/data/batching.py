@@ -14,8 +14,8 @@ Training: epoch ``e`` visits the examples in the order ``epoch_permutation(n, se
 batches; the last partial batch is padded with ``valid=False`` rows (``drop_last=False``, default, so every example
 is seen exactly once per epoch) or dropped (``drop_last=True``). ``start_step=k`` starts at batch ``k`` of the
 epoch, giving exactly the batches an uninterrupted run would have produced from there. With ``length_grouping=G``
-that order is cut into chunks of ``G`` batches, each chunk sorted by length and cut into batches, whose order
-within the chunk is then shuffled by :func:`chunk_batch_order` (less padding; see :func:`length_grouped`).
+that order is cut into chunks of ``G`` batches, each chunk ordered by length bucket and cut into batches, whose
+order within the chunk is then shuffled by :func:`chunk_batch_order` (less padding; see :func:`length_grouped`).
 
 Evaluation: every example exactly once, in split order; the last batch is padded with ``valid=False`` rows.
 
@@ -116,25 +116,28 @@ def chunk_batch_order(num_batches: int, epoch: int, chunk: int) -> np.ndarray:
     return np.random.default_rng([_CHUNK_ORDER_SEED, int(epoch), int(chunk)]).permutation(num_batches)
 
 
-def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, groups: int,
-                   epoch: int) -> list[np.ndarray]:
-    """``order`` (positions) cut into batches of similar length: consecutive chunks of ``groups * batch_size``
-    positions, each sorted by ``lengths`` (stable) and cut into batches; a chunk's full batches are visited in the
-    order :func:`chunk_batch_order`, and a partial batch (the epoch's last) stays last.
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, groups: int, epoch: int,
+                   buckets: Sequence[int] = DEFAULT_BUCKETS) -> list[np.ndarray]:
+    """``order`` (positions) cut into batches that mostly share a length bucket: consecutive chunks of
+    ``groups * batch_size`` positions, each put in order of its examples' bucket (``bucket_length`` of their
+    ``lengths`` in ``buckets``; stable, so within a bucket the random order of ``order`` is kept) and cut into
+    batches; a chunk's full batches are visited in the order :func:`chunk_batch_order`, and a partial batch (the
+    epoch's last) stays last.
 
-    Each batch is still a random draw from its chunk's length stratum (the chunk is a random sample of the epoch),
-    so the examples an epoch visits and how often are unchanged; only the padding shrinks (a batch is padded to the
-    bucket of its longest example)."""
+    Each batch is a random draw from its bucket within a random chunk (not a sort by exact length, which would put
+    the same examples together in every epoch of a small split), so only the padding changes: a batch is padded to
+    the bucket of its longest example."""
     if groups < 1:
         raise DataError(f"length_grouping must be a positive number of batches (or 0: off), got {groups}")
     order = np.asarray(order)
     if len(lengths) != len(order):
         raise DataError(f"{len(lengths)} lengths for {len(order)} examples")
+    bucket_of = np.searchsorted(np.asarray(sorted(buckets)), np.asarray(lengths))  # index of the first bucket >= length
     size = groups * batch_size
     out: list[np.ndarray] = []
     for chunk, lo in enumerate(range(0, len(order), size)):
         part = order[lo:lo + size]
-        part = part[np.argsort(np.asarray(lengths)[part], kind="stable")]
+        part = part[np.argsort(bucket_of[part], kind="stable")]
         cut = [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
         full = [b for b in cut if len(b) == batch_size]
         out += [full[i] for i in chunk_batch_order(len(full), epoch, chunk)] + cut[len(full):]
@@ -143,9 +146,10 @@ def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, grou
 
 def train_batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
                         drop_last: bool = False, lengths: np.ndarray | None = None,
-                        length_grouping: int = 0) -> list[np.ndarray]:
+                        length_grouping: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS) -> list[np.ndarray]:
     """The example positions of each training batch of an epoch, from batch ``start_step`` on; with
-    ``length_grouping`` (needs the examples' ``lengths``), batches of similar length (:func:`length_grouped`)."""
+    ``length_grouping`` (needs the examples' ``lengths``), batches that share a length bucket
+    (:func:`length_grouped`; ``buckets``: the padded lengths, as :func:`bucket_set` gives them)."""
     if start_step < 0:
         raise DataError(f"start_step must be non-negative, got {start_step}")
     order = epoch_permutation(n, seed, epoch)
@@ -153,7 +157,7 @@ def train_batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, start
     if length_grouping:
         if lengths is None:
             raise DataError("length_grouping needs the examples' lengths")
-        return length_grouped(order, lengths, batch_size, length_grouping, epoch)[start_step:steps]
+        return length_grouped(order, lengths, batch_size, length_grouping, epoch, buckets)[start_step:steps]
     return [order[s * batch_size:(s + 1) * batch_size] for s in range(start_step, steps)]
 
 
@@ -163,7 +167,7 @@ def train_batches(enc: Encoded, batch_size: int, *, seed: int, epoch: int, start
     """The global training batches of epoch ``epoch`` (shuffled by ``(seed, epoch)``), from ``start_step`` on."""
     for idx in train_batch_indices(len(enc), batch_size, seed=seed, epoch=epoch, start_step=start_step,
                                    drop_last=drop_last, lengths=enc.lengths if length_grouping else None,
-                                   length_grouping=length_grouping):
+                                   length_grouping=length_grouping, buckets=bucket_set(buckets, enc.max_length)):
         yield make_batch(enc, idx, batch_size, buckets=buckets, extras=extras)
 
 

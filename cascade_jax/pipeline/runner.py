@@ -18,28 +18,32 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def stage_done(layout: RunLayout, name: str) -> bool:
-    """Whether stage ``name`` finished: its marker exists and holds what a finished stage writes."""
+def _marker(layout: RunLayout, name: str) -> dict | None:
+    """Stage ``name``'s marker if the stage finished (the marker exists and holds what a finished stage writes)."""
     marker = layout.marker(name)
     if not marker.exists():
-        return False
+        return None
     try:
-        return isinstance(json.loads(marker.read_text()).get("seconds"), (int, float))
-    except (json.JSONDecodeError, AttributeError):
-        return False
+        saved = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    return saved if isinstance(saved, dict) and isinstance(saved.get("seconds"), (int, float)) else None
 
 
-def _finished(layout: RunLayout, name: str) -> float:
-    return float(json.loads(layout.marker(name).read_text()).get("finished", 0.0))
+def stage_done(layout: RunLayout, name: str) -> bool:
+    """Whether stage ``name`` finished."""
+    return _marker(layout, name) is not None
 
 
 def evaluation_stale(layout: RunLayout) -> list[str]:
     """The training stages that finished after the evaluate stage did (e.g. one deleted and run again): its results
     no longer describe the trained models, so it runs again."""
-    if not stage_done(layout, "evaluate"):
+    evaluate = _marker(layout, "evaluate")
+    if evaluate is None:
         return []
-    evaluated = _finished(layout, "evaluate")
-    return [n for n in STAGE_ORDER[:-1] if stage_done(layout, n) and _finished(layout, n) > evaluated]
+    finished = {n: _marker(layout, n) for n in STAGE_ORDER[:-1]}
+    return [n for n, m in finished.items() if m is not None and float(m.get("finished", 0.0)) >
+            float(evaluate.get("finished", 0.0))]
 
 
 def check_config(config: PipelineConfig, log: Callable[[str], None]) -> None:
