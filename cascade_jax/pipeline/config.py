@@ -114,7 +114,7 @@ class PipelineConfig:
 RESUME_FREE = ("progress", "cuts")
 EVAL_SECTION = "eval"
 
-_QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 3.0,
+_QUICK_EPOCHS = {"members.epochs": 2.0, "members.learning_rate": 1e-4, "shallow.epochs": 4.0,
                  "shallow.learning_rate": 3e-4, "exits.epochs": 2.0, "exits.learning_rate": 5e-3,
                  "pabee.epochs": 1.0, "pabee.learning_rate": 3e-4, "labels.optim.learning_rate": 1e-4,
                  "distill.epochs": 2.0, "distill.learning_rate": 3e-4, "pkd_epochs": 4.0}
