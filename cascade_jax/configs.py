@@ -87,8 +87,8 @@ class DataConfig:
     max_length: int = field(128, "truncate inputs to this many tokens")
     buckets: tuple[int, ...] = field(DEFAULT_BUCKETS, "allowed padded lengths of a batch")
     length_grouping: int = field(0, "training batches of similar length: each chunk of N batches of the shuffled "
-                                    "epoch is sorted by length, cut into batches and their order shuffled (less "
-                                    "padding, same examples); 0: plain random batches")
+                                    "epoch is ordered by length bucket, cut into batches and their order shuffled "
+                                    "(less padding, same examples); 0: plain random batches")
     test_from_dev: float | None = field(None, "share of the official dev split held out (seeded) as the test split; "
                                               "default: half when the task's test labels are withheld (GLUE), "
                                               "else none")

@@ -110,6 +110,8 @@ def test_results_page_comes_from_the_results_file(finished_run, tmp_path):
     for claim in doc["claims"]:
         assert claim["text"] in text
     assert (tmp_path / "docs" / "results_curve.png").exists()
+    # The run wrote the same page into its own report folder (README and `./run main` point there).
+    assert (pipeline.RunLayout(config.output_dir).report_dir / "results.md").read_text() == text
     assert "Out of domain" in text and "vader_nyt" in text and "Internal classifiers" in text
     assert f"malloc: {doc['provenance']['malloc']}" in text and "counts its last invocation only" in text
 

@@ -157,8 +157,8 @@ def make_config(preset: str, output_dir: str, overrides: dict[str, Any] | None =
 _PAPER_WORDS = {
     "data.train_subset": "trains on a sample of {} training examples (paper: the whole training split)",
     "data.max_length": "inputs cut at {} tokens (paper: 128)",
-    "data.length_grouping": "training batches of similar length (chunks of {} batches sorted by length; paper: "
-                            "random batches)",
+    "data.length_grouping": "training batches of similar length (chunks of {} batches ordered by length bucket; "
+                            "paper: random batches)",
     "seeds": "{} seed(s) per method",
     "labels.folds": "difficulty labels from K={} folds (paper: 8)",
     "labels.seeds": "S={} seeds per fold (paper: 5)",

@@ -64,9 +64,11 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
     """Run the stages not yet done (``only``: a subset of :data:`STAGE_ORDER`); returns ``{stage: seconds}``.
 
     A stage that finished earlier is skipped; an interrupted one resumes from its own checkpoints. ``log`` receives
-    a line per stage. A folder holding a run with other settings raises :class:`configs.ResumeMismatchError`.
+    a line per stage. Once the evaluate stage is done, ``OUTPUT/report/results.md`` is (re)written from the results
+    and the stage markers. A folder holding a run with other settings raises :class:`configs.ResumeMismatchError`.
     """
     from cascade_jax.pipeline.evaluate import stage_evaluate
+    from cascade_jax.pipeline.page import write_results_page
     from cascade_jax.pipeline.stages import TRAINING_STAGES
 
     unknown = set(only or ()) - set(STAGE_ORDER)
@@ -99,4 +101,6 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
         marker.write_text(json.dumps({"stage": name, "seconds": spent[name], "finished": time.time(),
                                       "git_commit": made_by["git_commit"]}) + "\n")
         log(f"[{i}/{len(names)}] {name}: finished in {minutes(spent[name])}")
+    if stage_done(layout, "evaluate"):  # The run's own page, with the time per stage.
+        write_results_page(layout.root, layout.report_dir / "results.md")
     return spent
