@@ -33,6 +33,9 @@ _FOLD_STREAM = 0x466F6C64  # "Fold": keeps the fold shuffle apart from other use
 ResumeMismatchError = configs.ResumeMismatchError
 
 
+LABEL_LENGTH_GROUPING = 50  # data.length_grouping of a labelling run unless set (the pipeline's presets use it too)
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
     """Everything that defines a labelling run (saved as ``config.json``).
@@ -44,7 +47,9 @@ class LabelConfig:
 
     output_dir: str = configs.field("", "where labels, summary and checkpoints go; reused to resume")
     model: ModelConfig = section(ModelConfig)
-    data: DataConfig = section(DataConfig)
+    # Stacked members pad every lock-step to the longest of their batches; length grouping (whose chunk order does
+    # not depend on the seed) puts batches of one length bucket at the same step, so they pad as little as one.
+    data: DataConfig = section(DataConfig, length_grouping=LABEL_LENGTH_GROUPING)
     optim: OptimConfig = section(OptimConfig)
     run: RunConfig = section(RunConfig, eval_batch_size=64)
     folds: int = configs.field(8, "K: each member holds out one fold (paper: 8)")

@@ -121,12 +121,12 @@ def _dense(config: BertConfig, features: int, dtype, name: str) -> nn.Dense:
     in float32: XLA:CPU sends such a dot to YNNPACK's bf16 kernels (AVX512-BF16 / AMX where the CPU has them),
     while a bf16 -> bf16 dot is converted to float32 first (docs/bench_model.md); on GPU/TPU it is the usual
     mixed-precision matmul. float32 keeps ``nn.Dense`` exactly."""
+    common = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.normal(config.initializer_range),
+                  name=name)
     if not _accumulate_f32(dtype):
-        return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                        kernel_init=nn.initializers.normal(config.initializer_range), name=name)
-    return _Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.initializers.normal(config.initializer_range), name=name,
-                  dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
+        return nn.Dense(features, **common)
+    return _Dense(features, dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32),
+                  **common)
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:

@@ -21,6 +21,11 @@ training, inside prediction, elsewhere), training steps (the time in ``stacked.t
 it), prediction (the time in ``stacked.predict_group`` less the compilation in it) and the rest (data and model
 loading, optimiser init, aggregating and writing labels; compilation outside the two phases is part of it).
 
+Both runs use a labelling run's default length grouping (``--length-grouping``; 0 turns it off): a stacked
+lock-step is padded to the longest of its members' batches, so with plain random batches the vmapped run computes
+more padding than the loop (the count of token positions each way is printed); grouped batches of one length bucket
+at the same step make the two nearly equal.
+
 2. Training step alone, interleaved. Since the two runs above happen at different moments of a shared machine,
 the same compiled steps (cached by the runs) are then timed back to back: one vmapped step of all members, then
 one step of each member in a loop, repeated ``--repeats`` times on the first lock-steps' real batches; wall and
@@ -71,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--length-grouping", type=int, default=None,
+                   help="data.length_grouping of both runs (default: a labelling run's own, "
+                        "difficulty.LABEL_LENGTH_GROUPING; 0: plain random batches)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step-only comparison")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
     args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
@@ -171,6 +179,22 @@ class Phases:
                 "prediction": predict - compile_predict, "rest": end_to_end - train - predict}
 
 
+def padded_tokens(plan) -> dict[str, int]:
+    """Token positions (rows x padded length) the training steps of ``plan``'s members compute, summed over the
+    run: ``vmapped`` pads each lock-step's stacked batch to the longest of the members' batches, ``loop`` pads each
+    member's batch to its own length bucket (both also count the empty batches a member steps through at the end of
+    a short epoch). The difference is padding only: both see the same examples at the same steps."""
+    from cascade_jax import stacked
+
+    out = {"vmapped": 0, "loop": 0}
+    for step in range(plan.total_steps):
+        widths = [stacked.group_train_batch(plan, [m], step, False)["input_ids"].shape for m in plan.members]
+        rows = widths[0][0]
+        out["vmapped"] += len(widths) * rows * max(w for _, w in widths)
+        out["loop"] += sum(r * w for r, w in widths)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from cascade_jax import provenance
@@ -191,6 +215,8 @@ def main(argv=None) -> int:
     base = {"model.name": args.model, "task": args.task, "source": args.source, "train_subset": args.subset,
             "folds": args.folds, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size,
             "max_length": args.max_length, "learning_rate": args.lr, "progress": False, "log_every": 1000}
+    if args.length_grouping is not None:
+        base["length_grouping"] = args.length_grouping
     rows, labels = [], {}
     try:
         t = time.perf_counter()
@@ -230,7 +256,8 @@ def main(argv=None) -> int:
     r0 = rows[0]
     print(f"\n{args.model} members: K={args.folds} x S={args.seeds} = {args.folds * args.seeds}, "
           f"{args.subset} examples, "
-          f"{args.epochs:g} epoch(s), batch {args.batch_size} per member, max_length {args.max_length}; "
+          f"{args.epochs:g} epoch(s), batch {args.batch_size} per member, max_length {args.max_length}, "
+          f"length grouping {base.get('length_grouping', difficulty.LABEL_LENGTH_GROUPING) or 'off'}; "
           f"{r0['member_steps']} member-steps per run\n")
     print("| mode | end to end s | train s | predict s | steady s per member-step | train s at steady rate | "
           "CPU s | cpu/wall | load (1 min) before -> after | held-out acc | share hard |")
@@ -264,6 +291,10 @@ def main(argv=None) -> int:
     from cascade_jax import parallel, stacked
 
     plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(root / "steps")}))
+    tokens = padded_tokens(plan)
+    print(f"token positions a training run computes (padding included; length grouping "
+          f"{plan.data.length_grouping or 'off'}): vmapped {tokens['vmapped']:,}, loop {tokens['loop']:,}, "
+          f"ratio {tokens['vmapped'] / tokens['loop']:.3f}")
     dp = parallel.DataParallel()
     members = plan.members
     step_v, _ = plan.functions(dp, True)

@@ -33,7 +33,7 @@ LAST_LINE = {
 # Text a smoke run's output must contain besides the summary lines.
 ALSO_PRINTED = {
     "eval.bench_difficulty": ["| mode | end to end | compile | in training | in prediction | elsewhere | "
-                              "training steps | prediction | rest |"],
+                              "training steps | prediction | rest |", "token positions a training run computes"],
     "eval.bench_model": ["GEMM [n, n] @ [n, n]", "Achieved GFLOP/s"],
     "eval.bench_train": ["fp32 GEMM [n, n] @ [n, n]"],
 }
@@ -91,3 +91,33 @@ def test_bench_all_script():
     for prefix in (p for prefixes in SUMMARIES.values() for p in prefixes):
         assert prefix in text, f"eval/bench_all.sh does not collect the summary line {prefix!r}"
     assert "--smoke" not in text
+
+
+def test_padded_token_count_of_stacked_members_is_at_least_the_loops(tmp_path):
+    """bench_difficulty's padding count: a stacked lock-step pads every member to the longest member's batch, so
+    it can never count fewer token positions than the loop; with one member the two are equal."""
+    from cascade_jax import configs, difficulty
+    from eval.bench_difficulty import padded_tokens
+    from tests import tiny
+
+    model = tiny.make_model_dir(tmp_path / "model", layers=1, hidden=32)
+    folder = tiny.make_sentiment_folder(tmp_path / "data", n_train=40, n_dev=8, n_test=8)
+    base = {"model.name": str(model), "task": "rotten_tomatoes", "source": str(folder), "folds": 2, "seeds": 2,
+            "epochs": 2, "batch_size": 4, "max_length": 64, "buckets": (4, 8, 16, 32, 64), "length_grouping": 0}
+    plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(tmp_path / "a")}))
+    tokens = padded_tokens(plan)
+    rows = plan.optim.batch_size * plan.total_steps
+    widths = [[b["input_ids"].shape[1] for b in (stacked_batch(plan, m, s) for s in range(plan.total_steps))]
+              for m in plan.members]
+    assert tokens["loop"] == sum(plan.optim.batch_size * w for ws in widths for w in ws)
+    assert tokens["vmapped"] == len(plan.members) * sum(plan.optim.batch_size * max(ws) for ws in zip(*widths))
+    assert tokens["vmapped"] >= tokens["loop"] >= rows * 4
+    plan.members = plan.members[:1]
+    one = padded_tokens(plan)
+    assert one["vmapped"] == one["loop"]
+
+
+def stacked_batch(plan, member, step):
+    from cascade_jax import stacked
+
+    return stacked.group_train_batch(plan, [member], step, False)

@@ -732,6 +732,19 @@ def test_buckets_are_capped_at_max_length():
     assert widths == [16, 32, 48]
 
 
+def test_bucket_of_a_length_is_the_smallest_that_holds_it():
+    rng = np.random.default_rng(0)
+    buckets = (3, 8, 16, 17, 64)
+    for length in list(rng.integers(1, 65, 200)) + [1, 3, 4, 8, 9, 16, 17, 18, 64]:
+        expected = None
+        for b in reversed(buckets):  # Walk down from the largest: the last bucket still >= length.
+            if b >= length:
+                expected = b
+        assert data.bucket_length(int(length), buckets) == expected
+    with pytest.raises(data.DataError, match="length 65 fits no bucket"):
+        data.bucket_length(65, buckets)
+
+
 # ------------------------------------------------------------------------------------------------ built-in data
 
 

@@ -43,12 +43,18 @@ def bucket_set(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
     return tuple(sorted({min(int(b), int(max_length)) for b in buckets} | {int(max_length)}))
 
 
+def bucket_index(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """For each of ``lengths``, the index of the smallest of ``buckets`` (sorted) that holds it (``len(buckets)``
+    where none does)."""
+    return np.searchsorted(np.asarray(buckets), np.asarray(lengths), side="left")
+
+
 def bucket_length(longest: int, buckets: Sequence[int]) -> int:
     """The smallest of ``buckets`` (sorted) that is at least ``longest``."""
-    for b in buckets:
-        if b >= longest:
-            return b
-    raise DataError(f"an example of length {longest} fits no bucket in {tuple(buckets)}")
+    i = int(bucket_index(longest, buckets))
+    if i == len(buckets):
+        raise DataError(f"an example of length {longest} fits no bucket in {tuple(buckets)}")
+    return buckets[i]
 
 
 def make_batch(enc: Encoded, indices: Sequence[int] | np.ndarray, batch_size: int, *,
@@ -132,7 +138,7 @@ def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, grou
     order = np.asarray(order)
     if len(lengths) != len(order):
         raise DataError(f"{len(lengths)} lengths for {len(order)} examples")
-    bucket_of = np.searchsorted(np.asarray(sorted(buckets)), np.asarray(lengths))  # index of the first bucket >= length
+    bucket_of = bucket_index(lengths, sorted(buckets))
     size = groups * batch_size
     out: list[np.ndarray] = []
     for chunk, lo in enumerate(range(0, len(order), size)):
