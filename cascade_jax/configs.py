@@ -323,7 +323,7 @@ def _apply(config, nested: Mapping[str, Any]):
 
 def create(cls, overrides: Mapping[str, Any]):
     """``cls`` built from ``overrides`` (dotted paths or unique leaf names) and its defaults."""
-    return _build(cls, _nest(cls, overrides), cls.__name__)
+    return _build(cls, _nest(cls, overrides), cls.__name__, section_defaults=True)
 
 
 def to_dict(config) -> dict:
@@ -344,17 +344,24 @@ def from_dict(cls, d: Mapping[str, Any], source: str = "config"):
     return _build(cls, d, source)
 
 
-def _build(cls, d: Mapping[str, Any], source: str):
+def _build(cls, d: Mapping[str, Any], source: str, base=None, section_defaults: bool = False):
+    """``cls(**d)`` with nested sections built too. With ``section_defaults`` a section given in part keeps its other
+    values from ``base`` (an instance of ``cls``) or else from the section's own default
+    (``section(DataConfig, length_grouping=50)`` keeps 50 when only ``data.max_length`` is given); without it (a
+    saved config read back) a missing field takes its class default, what a run older than that field used."""
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown field(s) {unknown} for {cls.__name__}")
-    kwargs = {}
+    kwargs = {} if base is None else {name: getattr(base, name) for name, f in fields.items() if f.init}
     for name, value in d.items():
         tp = hints[name]
         if _is_config(tp) and isinstance(value, Mapping):
-            value = _build(tp, value, source)
+            f = fields[name]
+            section_base = (None if not section_defaults else getattr(base, name) if base is not None else
+                            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            value = _build(tp, value, source, section_base, section_defaults)
         elif isinstance(value, (list, tuple)):
             item = _tuple_item(tp)
             value = tuple(_build(item, v, source) if item is not None and isinstance(v, Mapping) else v

@@ -91,10 +91,21 @@ def claim_lines(doc: Mapping) -> list[str]:
             continue
         parts = [f"{r['target']:g}x: {pct(r['difference'])} {interval_text(r['interval'])} -> {r['verdict']}"
                  for r in rows]
-        verdicts = {r["verdict"] for r in rows}
-        summary = verdicts.pop() if len(verdicts) == 1 else "mixed"
+        summary = overall_verdict([r["verdict"] for r in rows])
         out.append(f"- **{c['text']}** ({c['a']} minus {c['b']}, points): {'; '.join(parts)}. Overall: {summary}.")
     return out
+
+
+def overall_verdict(verdicts: list[str]) -> str:
+    """A claim's verdict over its targets, from the targets that make a comparison ("no comparison: ..." ones
+    decide nothing): their one verdict when they agree, else "mixed" with how many targets read each way."""
+    decided = [v for v in verdicts if not v.startswith("no comparison")]
+    if not decided:
+        return "no comparison at any target"
+    kinds = list(dict.fromkeys(decided))  # In the order of the targets.
+    if len(kinds) == 1:
+        return kinds[0]
+    return "mixed (" + ", ".join(f"{decided.count(k)} {k}" for k in kinds) + ")"
 
 
 def auc_table(doc: Mapping) -> str:

@@ -91,6 +91,19 @@ def test_section_defaults_are_the_sections_own():
     assert configs.defaults(difficulty.LabelConfig)["run.eval_batch_size"] == 64
 
 
+def test_a_section_given_in_part_keeps_the_rest_of_its_own_default():
+    # What the command lines build: only the flags given, the rest from the section's default, not its class's.
+    c = configs.create(difficulty.LabelConfig, {"output_dir": "x", "max_length": 64, "progress": False})
+    assert c.data.max_length == 64 and c.data.length_grouping == difficulty.LABEL_LENGTH_GROUPING
+    assert c.run.progress is False and c.run.eval_batch_size == 64
+    p = configs.create(PipelineConfig, {"output_dir": "x", "members.learning_rate": 1e-4, "labels.folds": 3})
+    assert p.members.epochs == 10.0 and p.labels.optim.epochs == 10.0 and p.members.learning_rate == 1e-4
+    # A saved config read back: a field it lacks takes the class default (what a run older than the field used).
+    d = configs.to_dict(c)
+    del d["data"]["length_grouping"]
+    assert configs.from_dict(difficulty.LabelConfig, d).data.length_grouping == 0
+
+
 def test_generated_flags_take_their_defaults_from_the_dataclasses():
     parser = argparse.ArgumentParser()
     cli.add_config_flags(parser, trainer.TrainConfig)

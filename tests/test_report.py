@@ -55,6 +55,15 @@ def test_tables_and_claim_lines_from_a_comparison_document():
     assert "| m | 80.00 | 1.00 |" in report.auc_table(doc)
 
 
+def test_overall_verdict_counts_only_targets_that_compare():
+    unreached, majority = "no comparison: a target is not reached", "no comparison: a method answers the majority class"
+    assert report.overall_verdict(["not distinguishable"] * 4 + [unreached]) == "not distinguishable"
+    assert report.overall_verdict(["contradicted", majority, "contradicted"]) == "contradicted"
+    assert report.overall_verdict([unreached, majority]) == "no comparison at any target"
+    assert report.overall_verdict(["not distinguishable", "reproduces", "reproduces", unreached]) == \
+        "mixed (1 not distinguishable, 2 reproduces)"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The entry point, end to end.
 
