@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="data.length_grouping of both runs (default: a labelling run's own, "
                         "difficulty.LABEL_LENGTH_GROUPING; 0: plain random batches)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step-only comparison")
+    p.add_argument("--first", choices=("vmapped", "loop"), default="vmapped",
+                   help="which end-to-end run goes first (the other follows in the same process)")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
     args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
     if args.smoke and args.output_dir and machine.inside_docs(args.output_dir):
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         warm_up(base, root)
         print(f"  warm-up (one-off process costs, not timed below): {time.perf_counter() - t:.1f} s", flush=True)
-        for mode in ("vmapped", "loop"):
+        for mode in (("vmapped", "loop") if args.first == "vmapped" else ("loop", "vmapped")):
             out = root / mode
             shutil.rmtree(out, ignore_errors=True)
             cfg = configs.create(difficulty.LabelConfig, {**base, "output_dir": str(out), "sequential": mode == "loop"})
