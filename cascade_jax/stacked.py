@@ -362,8 +362,14 @@ def predict_group(plan: Plan, group: Sequence[Member], params: Any, dp: parallel
                   positions: Sequence[np.ndarray], *, enc: data.Encoded | None = None,
                   stacked: bool = True) -> list[np.ndarray]:
     """Each member's logits (float32 ``[len(positions[i]), C]``, in that order) on its ``positions`` of ``enc``
-    (default: the training split). ``params`` are host parameters, stacked over the group when ``stacked``."""
+    (default: the training split). ``params`` are host parameters, stacked over the group when ``stacked``.
+
+    Each member's positions are batched in order of length (every batch padded to its own bucket; the members'
+    j-th batches then have similar lengths, so their stack pads little) and the logits put back in the given order.
+    """
     enc = plan.train if enc is None else enc
+    orders = [np.argsort(enc.lengths[np.asarray(p, np.int64)], kind="stable") for p in positions]
+    positions = [np.asarray(p, np.int64)[o] for p, o in zip(positions, orders)]
     _, predict_fn = plan.functions(dp, stacked)
     parts = dp.num_devices * (jax.process_count() if dp.backend == "pmap" else 1)
     size = -(-plan.run.eval_batch_size // parts) * parts
@@ -380,7 +386,13 @@ def predict_group(plan: Plan, group: Sequence[Member], params: Any, dp: parallel
         host = host if stacked else host[None]
         for i, v in enumerate(valid):
             out[i].append(host[i][v])
-    return [np.concatenate(o) for o in out]
+    result = []
+    for o, order in zip(out, orders):
+        sorted_logits = np.concatenate(o)
+        logits = np.empty_like(sorted_logits)
+        logits[order] = sorted_logits
+        result.append(logits)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------

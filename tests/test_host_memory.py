@@ -65,3 +65,40 @@ def test_configure_leaves_other_c_libraries_alone(monkeypatch):
     assert host_memory.configure.__wrapped__().startswith("not glibc")
     monkeypatch.setenv(host_memory.ENV, "off")
     assert host_memory.configure.__wrapped__() == "default (CASCADE_JAX_MALLOC=off)"
+
+
+# With the tuned settings, a freed 256 MiB block below a small live one stays resident until release() gives its
+# pages back; print the resident memory (MiB) after the free and after release(), and what release() returned.
+_RELEASE_PROBE = """
+import ctypes
+import cascade_jax
+from cascade_jax import host_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+n = 256 << 20
+big = libc.malloc(n)
+ctypes.memset(big, 1, n)
+small = libc.malloc(4096)  # Above the big block: the heap's top cannot simply shrink past it.
+libc.free(big)
+kept = host_memory.resident_bytes() >> 20
+released = host_memory.release()
+print(kept, host_memory.resident_bytes() >> 20, released)
+"""
+
+
+@glibc_only
+def test_release_gives_a_freed_block_back_under_the_tuned_settings():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env[host_memory.ENV] = "tuned"
+    out = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    kept, after, released = out.stdout.split()
+    assert released == "True"
+    assert int(kept) - int(after) >= 200, f"resident {kept} MiB after the free, {after} MiB after release()"
+
+
+def test_release_is_a_no_op_off_glibc(monkeypatch):
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    assert host_memory.release() is False

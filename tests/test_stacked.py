@@ -1,6 +1,7 @@
 """Members that differ only in numbers (seed, DAR margin and weight) trained as one vmapped run equal separate runs;
 the stacked run resumes exactly and keeps each member's own best dev checkpoint."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from cascade_jax import configs, data, models, stacked, trainer
+from cascade_jax import configs, data, models, parallel, stacked, trainer
 from tests import tiny
 
 
@@ -111,3 +112,31 @@ def test_config_with_variants_round_trips(workspace, tmp_path):
     c = set_config(workspace, "rt")
     assert configs.from_dict(stacked.MemberSetConfig, json.loads(json.dumps(configs.to_dict(c)))) == c
     assert pathlib.Path(c.output_dir).name == "rt"
+
+
+@pytest.mark.parametrize("is_stacked", [True, False])
+def test_predict_group_returns_each_members_logits_in_the_order_of_its_positions(workspace, is_stacked):
+    """predict_group batches each member's positions in order of length and puts the logits back: against each
+    example run alone, unpadded, through its member's own parameters, for shuffled positions with repeats and
+    members with different numbers of positions (so some batches of the stack are empty for one member)."""
+    root, model, folder, _ = workspace
+    config = set_config(workspace, "predict-order")
+    tokenizer = models.tokenizer_for(str(model))
+    train = data.encode_split("rotten_tomatoes", "train", str(folder), tokenizer=tokenizer, max_length=16)
+    rng = np.random.default_rng(3)
+    positions = [rng.permutation(len(train)), rng.integers(0, len(train), size=13)][:2 if is_stacked else 1]
+    members = [stacked.Member(index=i, seed=i, train_positions=np.arange(len(train))) for i in range(len(positions))]
+    plan = stacked.make_plan(config.model, config.data, config.optim,
+                             dataclasses.replace(config.run, eval_batch_size=8), trainer.LossConfig(kind="ce"), train,
+                             members)
+    params = [jax.tree_util.tree_map(lambda x, k=i: x + 0.01 * k, plan.init_params(i)) for i in range(len(members))]
+    host = stacked.stack_trees(params) if is_stacked else params[0]
+    got = stacked.predict_group(plan, members, host, parallel.DataParallel(config.run.backend), positions, enc=train,
+                                stacked=is_stacked)
+    for member_params, pos, logits in zip(params, positions, got):
+        assert logits.shape == (len(pos), plan.num_labels)
+        for row, p in enumerate(pos):
+            ids = train.input_ids[train.offsets[p]:train.offsets[p + 1]][None]
+            want = plan.module.apply({"params": member_params}, ids, np.ones_like(ids),
+                                     train.token_type_ids[train.offsets[p]:train.offsets[p + 1]][None]).logits
+            np.testing.assert_allclose(logits[row], np.asarray(want)[0], rtol=1e-4, atol=1e-5)

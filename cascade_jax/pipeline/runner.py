@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from typing import Callable
 
-from cascade_jax import configs, provenance
+from cascade_jax import configs, host_memory, provenance
 from cascade_jax.pipeline.config import EVAL_SECTION, RESUME_FREE, PipelineConfig
 from cascade_jax.pipeline.layout import CONFIG_FILE, RunLayout
 
@@ -59,6 +61,15 @@ def check_config(config: PipelineConfig, log: Callable[[str], None]) -> None:
             log("the evaluation settings changed: the evaluate stage runs again")
 
 
+def _memory_line() -> str:
+    """After a stage: free heap pages given back (:func:`host_memory.release`), then the process's peak and current
+    resident memory, in GB."""
+    host_memory.release()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    now = host_memory.resident_bytes()
+    return f"peak memory {peak / 1e9:.1f} GB" + ("" if now is None else f", {now / 1e9:.1f} GB now")
+
+
 def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
         only: tuple[str, ...] | None = None) -> dict:
     """Run the stages not yet done (``only``: a subset of :data:`STAGE_ORDER`); returns ``{stage: seconds}``.
@@ -100,7 +111,7 @@ def run(config: PipelineConfig, *, log: Callable[[str], None] = lambda s: None,
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"stage": name, "seconds": spent[name], "finished": time.time(),
                                       "git_commit": made_by["git_commit"]}) + "\n")
-        log(f"[{i}/{len(names)}] {name}: finished in {minutes(spent[name])}")
+        log(f"[{i}/{len(names)}] {name}: finished in {minutes(spent[name])} ({_memory_line()})")
     if stage_done(layout, "evaluate"):  # The run's own page, with the time per stage.
         write_results_page(layout.root, layout.report_dir / "results.md")
     return spent
