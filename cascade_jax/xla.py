@@ -2,6 +2,7 @@
 
   compiler_options(backend=None, low_precision=False) -> dict   # {} off the CPU, for bf16, or options unknown here
   jit(fn, **jit_kwargs)                       # jax.jit with those options, chosen per call by the arguments' dtypes
+  enable_compilation_cache() -> str           # JAX's on-disk cache of compiled programs, one folder per machine
 
 The library's inference functions (a cascade stage, evaluation and prediction) use them; training steps keep
 XLA's defaults. On CPU they turn off XLA's experimental YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``):
@@ -16,7 +17,10 @@ XLA release changes the picture).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import pathlib
+import platform
 from typing import Any, Callable
 
 import jax
@@ -86,3 +90,59 @@ class _Jitted:
 def jit(fn: Callable, **kwargs) -> Callable:
     """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` (float32 or low-precision, by the arguments)."""
     return _Jitted(fn, kwargs)
+
+
+CACHE_ENV = "CASCADE_JAX_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 4 << 30  # Least recently used programs are deleted beyond this (needs the filelock package).
+
+
+def _machine_key() -> str:
+    """A short hash of what a compiled CPU program depends on: jax and jaxlib versions, the architecture and the
+    CPU's model and feature flags (an executable compiled for one CPU's features may not run on another)."""
+    import jaxlib
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        cpu = "|".join(next((ln for ln in lines if ln.startswith(k)), "") for k in ("model name", "flags"))
+    except OSError:
+        cpu = platform.processor()
+    text = f"{jax.__version__}|{getattr(jaxlib, '__version__', '')}|{platform.machine()}|{cpu}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
+    """Turn on JAX's persistent compilation cache, so that a program compiled once is loaded, not compiled again:
+    by a later command, and within one process where the same step is built anew (a baseline trained in each seed
+    builds its step afresh; JAX's in-memory cache is per function object). Returns what is in effect, in words.
+
+    The folder is ``directory`` or ``<cascade_jax.assets.cache_dir()>/xla/<machine key>`` (one per jax version and
+    CPU, see :func:`_machine_key`), at most :data:`CACHE_MAX_BYTES` (least recently used programs go first; unbounded
+    without the ``filelock`` package, which transformers brings). A cache folder the user set (``JAX_COMPILATION_CACHE_DIR`` or
+    ``jax.config``) is kept; ``CASCADE_JAX_COMPILATION_CACHE=0`` leaves the cache off. Programs that compile in
+    under a second are not stored (JAX's default threshold). Call it before the first compilation: the command-line
+    entry points do (``train.cli.run_cli``).
+    """
+    value = os.environ.get(CACHE_ENV, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return f"off ({CACHE_ENV}={value})"
+    if jax.config.jax_compilation_cache_dir:
+        return f"{jax.config.jax_compilation_cache_dir} (set by the user)"
+    if directory is None:
+        from cascade_jax import assets
+
+        directory = assets.cache_dir() / "xla" / _machine_key()
+    path = pathlib.Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"off (cannot create {path}: {e})"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if jax.config.jax_compilation_cache_max_size == -1:
+        try:
+            import filelock  # noqa: F401 - JAX's eviction locks the folder with it.
+        except ImportError:
+            return f"{path} (unbounded: no filelock package)"
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return str(path)

@@ -1,4 +1,9 @@
-"""The library's inference compile options: chosen per backend, overridable, and applied to its jitted forward."""
+"""The library's inference compile options: chosen per backend, overridable, and applied to its jitted forward; the
+on-disk compilation cache."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -51,3 +56,54 @@ def test_a_bf16_call_gets_xla_defaults_and_a_float32_call_the_cpu_options(monkey
     np.testing.assert_allclose(f({"w": jnp.ones((3, 2), jnp.bfloat16)}, x.astype(jnp.bfloat16)), 3.0)
     f({"w": jnp.ones((3, 2))}, x)  # Both variants are kept: no new choice.
     assert chosen == [False, True]
+
+
+# Two separately built jitted closures of the same computation (as a baseline's step, rebuilt for each seed), with
+# every program stored (no one-second threshold); prints what enable_compilation_cache said, the persistent-cache
+# hits JAX reported, and the result.
+_CACHE_PROBE = """
+import jax, jax.numpy as jnp
+from cascade_jax import xla
+said = xla.enable_compilation_cache()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if name.endswith("cache_hits") else None)
+def build():
+    return jax.jit(lambda w, x: jnp.tanh(x @ w).sum(axis=0) * 3.0)
+w, x = jnp.full((16, 16), 0.1), jnp.ones((4, 16))
+hits.clear()  # Count the two closures' programs only.
+out = [build()(w, x) for _ in range(2)]
+print(jax.config.jax_compilation_cache_max_size, said, len(hits), float(out[0][0]), float(out[1][0]))
+"""
+
+
+def _cache_probe(tmp_path, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", xla.CACHE_ENV)}
+    full.update(CASCADE_JAX_CACHE=str(tmp_path), **env)
+    out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=full, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    size, rest = out.stdout.split("\n")[-2].split(maxsplit=1)
+    said, hits, a, b = rest.rsplit(maxsplit=3)
+    if said.startswith(str(tmp_path / "xla")):
+        assert int(size) == xla.CACHE_MAX_BYTES  # Bounded (transformers brings filelock).
+    return said, int(hits), float(a), float(b)
+
+
+def test_the_compilation_cache_serves_a_rebuilt_function_and_a_later_process(tmp_path):
+    said, hits, a, b = _cache_probe(tmp_path)
+    folder = tmp_path / "xla" / xla._machine_key()
+    assert said == str(folder) and any(folder.iterdir()), said
+    assert hits == 1 and a == b  # The second closure's program came from the cache, with the same result.
+    entries = sorted(p.name for p in folder.iterdir())
+    said, hits, a2, _ = _cache_probe(tmp_path)  # A new process: both closures load, nothing new is written.
+    assert hits == 2 and a2 == a and sorted(p.name for p in folder.iterdir()) == entries
+
+
+def test_the_compilation_cache_can_be_turned_off_and_a_users_folder_is_kept(tmp_path):
+    said, hits, _, _ = _cache_probe(tmp_path, **{xla.CACHE_ENV: "0"})
+    assert said == f"off ({xla.CACHE_ENV}=0)" and hits == 0 and not (tmp_path / "xla").exists()
+    mine = tmp_path / "mine"
+    said, hits, _, _ = _cache_probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(mine))
+    assert said == f"{mine} (set by the user)" and hits == 1 and not (tmp_path / "xla").exists()

@@ -128,7 +128,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run an entry point's ``body``; a user error prints ``prog: error: message`` as one line on stderr (no
-    traceback) and returns 2."""
+    traceback) and returns 2. Compiled programs are cached on disk (:func:`cascade_jax.xla.enable_compilation_cache`;
+    ``CASCADE_JAX_COMPILATION_CACHE=0`` turns that off)."""
+    from cascade_jax import xla
+
+    xla.enable_compilation_cache()
     try:
         return body()
     except user_errors() as e:
