@@ -32,6 +32,11 @@ SETTINGS = (
 )
 
 
+def _is_glibc() -> bool:
+    """Whether this process runs on Linux with glibc (the only C library whose malloc these functions know)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.lru_cache(maxsize=None)
 def configure() -> str:
     """Apply :data:`SETTINGS` with ``mallopt`` once per process (glibc only); returns what was done.
@@ -42,9 +47,8 @@ def configure() -> str:
     value = os.environ.get(ENV, "").strip()
     if value.lower() not in ("tuned", "1", "on", "yes"):
         return f"default ({ENV}={value})" if value else f"default ({ENV} unset)"
-    libc_name, _ = platform.libc_ver()
-    if platform.system() != "Linux" or libc_name != "glibc":
-        return f"not glibc ({platform.system()} {libc_name or 'unknown libc'}): malloc left as it is"
+    if not _is_glibc():
+        return f"not glibc ({platform.system()} {platform.libc_ver()[0] or 'unknown libc'}): malloc left as it is"
     try:
         libc = ctypes.CDLL("libc.so.6")
         failed = [name for param, name, value in SETTINGS if libc.mallopt(param, value) != 1]
@@ -59,8 +63,7 @@ def release() -> bool:
     long job calls this between its parts (the pipeline does after each stage): each part then faults its own
     working set in once, and the peak is a part's, not the sum of the fragments every part left. A no-op (False)
     off glibc."""
-    libc_name, _ = platform.libc_ver()
-    if platform.system() != "Linux" or libc_name != "glibc":
+    if not _is_glibc():
         return False
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
