@@ -74,6 +74,7 @@ class Plan:
     extras: tuple[str, ...] = ()
     teacher: Any = None  # (module, params) of a KD teacher
     _init_params: dict = dataclasses.field(default_factory=dict)
+    _build_stacked: Callable | None = None
 
     def init_params(self, seed: int) -> Any:
         """Host parameters of a member with seed ``seed`` (pretrained encoder; classifier etc. from the seed)."""
@@ -98,6 +99,26 @@ class Plan:
     def init_state(self, member: Member) -> trainer.TrainState:
         """A member's initial host :class:`trainer.TrainState` (what :func:`trainer.fit` starts from)."""
         return trainer.new_state(self.init_params(member.seed), self.tx, member.seed, self.hparams_of(member))
+
+    def init_stacked_state(self, group: Sequence[Member]) -> trainer.TrainState:
+        """The initial host state of ``group`` stacked on a leading member axis: equal to
+        ``stack_trees([init_state(m) for m in group])``, built by one compiled function (each distinct seed's
+        parameters go in once; the optimiser state is ``vmap(tx.init)`` of the stacked parameters). Stacking
+        per-member host states instead cost 11.5 s for 8 minilm-l3 members on a 2-core CPU (3.1 s this way)."""
+        seeds = sorted({m.seed for m in group})
+        index = np.asarray([seeds.index(m.seed) for m in group])
+        keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(m.seed))) for m in group])
+        hparams = stack_trees([self.hparams_of(m) for m in group]) if self.varied else None
+        if self._build_stacked is None:
+            tx = self.tx
+
+            def build(per_seed, index, keys, hparams):
+                params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[index], *per_seed)
+                return trainer.TrainState(step=jnp.zeros(index.shape, jnp.int32), params=params,
+                                          opt_state=jax.vmap(tx.init)(params), rng=keys, hparams=hparams)
+
+            self._build_stacked = jax.jit(build)
+        return jax.device_get(self._build_stacked([self.init_params(s) for s in seeds], index, keys, hparams))
 
     def functions(self, dp: parallel.DataParallel, stacked: bool) -> tuple[Callable, Callable]:
         """The mapped ``(train_step, predict_step)``: shared by every group, and by every plan of this process with
@@ -310,8 +331,7 @@ def train_group(
     trainer.check_batch_size(plan.optim.batch_size, dp)
     step_fn, _ = plan.functions(dp, stacked)
     extra = () if plan.teacher is None else (dp.replicate(plan.teacher[1]),)
-    host = [plan.init_state(m) for m in group]
-    state = stack_trees(host) if stacked else host[0]
+    state = plan.init_stacked_state(group) if stacked else plan.init_state(group[0])
     start, seconds = 0, 0.0
     if ckpt is not None and ckpt.latest_step() is not None:
         state, meta = ckpt.restore_state(state)

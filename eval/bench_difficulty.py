@@ -19,7 +19,10 @@ progress bar does anyway). The machine is shared: ``/proc/loadavg`` is printed b
 compilation (JAX tracing, lowering and XLA compilation, from ``jax.monitoring``'s compile time spans; inside
 training, inside prediction, elsewhere), training steps (the time in ``stacked.train_group`` less the compilation in
 it), prediction (the time in ``stacked.predict_group`` less the compilation in it) and the rest (data and model
-loading, optimiser init, aggregating and writing labels; compilation outside the two phases is part of it).
+loading, optimiser init, aggregating and writing labels; compilation outside the two phases is part of it). A third
+table puts every lock-step of the two runs side by side (the loop's summed over its members), with the members'
+batch widths at that step and the compilation inside it, so that one-off costs (compiling a width, a program's
+first call, a group's set-up) show apart from the steady steps.
 
 Both runs use a labelling run's default length grouping (``--length-grouping``; 0 turns it off): a stacked
 lock-step is padded to the longest of its members' batches, so with plain random batches the vmapped run computes
@@ -181,6 +184,21 @@ class Phases:
                 "prediction": predict - compile_predict, "rest": end_to_end - train - predict}
 
 
+    def lock_steps(self, stamps: list[tuple[int, int, int, float]]) -> dict[int, tuple[float, float]]:
+        """Per lock-step (1-based): (seconds, of which compilation), summed over the run's groups. A step's time
+        runs from the group's previous step (its first: from the start of its ``train_group`` call, so it includes
+        the group's set-up) to the arrival of its metrics."""
+        spans = merged(self.compiles)
+        out: dict[int, tuple[float, float]] = {}
+        for g, (start, _) in enumerate(self.windows["train"]):
+            prev = start
+            for _, step, _, t in sorted(x for x in stamps if x[0] == g):
+                seconds, compiled = out.get(step, (0.0, 0.0))
+                out[step] = (seconds + t - prev, compiled + overlap(spans, [(prev, t)]))
+                prev = t
+        return out
+
+
 def padded_tokens(plan) -> dict[str, int]:
     """Token positions (rows x padded length) the training steps of ``plan``'s members compute, summed over the
     run: ``vmapped`` pads each lock-step's stacked batch to the longest of the members' batches, ``loop`` pads each
@@ -195,6 +213,36 @@ def padded_tokens(plan) -> dict[str, int]:
         out["vmapped"] += len(widths) * rows * max(w for _, w in widths)
         out["loop"] += sum(r * w for r, w in widths)
     return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def print_lock_steps(plan, by: dict[str, dict]) -> None:
+    """Each lock-step of both runs side by side, with the batch widths of the members at that step."""
+    from cascade_jax import stacked
+
+    vm, lp = by["vmapped"]["lock_steps"], by["loop"]["lock_steps"]
+    print("\nper lock-step (s; first step of a group includes its set-up; 'compile' = compilation inside the step; "
+          "the loop's time is the sum over its members):\n")
+    print("| step | member widths | vmapped | compile | loop | compile | vmapped/loop, compilation left out |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    totals = {"vmapped": [0.0, 0.0], "loop": [0.0, 0.0]}
+    for step in sorted(vm):
+        widths = sorted({stacked.group_train_batch(plan, [m], step - 1, False)["input_ids"].shape[1]
+                         for m in plan.members})
+        (v, vc), (lt, lc) = vm[step], lp.get(step, (float("nan"), 0.0))
+        totals["vmapped"][0] += v
+        totals["vmapped"][1] += vc
+        totals["loop"][0] += lt
+        totals["loop"][1] += lc
+        print(f"| {step} | {'/'.join(map(str, widths))} | {v:.2f} | {vc:.2f} | {lt:.2f} | {lc:.2f} | "
+              f"{_ratio(v - vc, lt - lc):.2f} |")
+    (v, vc), (lt, lc) = totals["vmapped"], totals["loop"]
+    print(f"| all | | {v:.1f} | {vc:.1f} | {lt:.1f} | {lc:.1f} | {_ratio(v - vc, lt - lc):.2f} |")
+    print(f"lock-steps without their compilation, vmapped/loop: {_ratio(v - vc, lt - lc):.3f}; compilation in the "
+          f"steps: vmapped {vc:.1f} s, loop {lc:.1f} s")
 
 
 def main(argv=None) -> int:
@@ -228,10 +276,10 @@ def main(argv=None) -> int:
             out = root / mode
             shutil.rmtree(out, ignore_errors=True)
             cfg = configs.create(difficulty.LabelConfig, {**base, "output_dir": str(out), "sequential": mode == "loop"})
-            stamps: list[tuple[int, int, float]] = []  # (group, members in it, time the step's metrics arrived)
+            stamps: list[tuple[int, int, int, float]] = []  # (group, step, members, time.time() metrics arrived)
 
             def on_step(group, step, per_member, stamps=stamps):
-                stamps.append((group, len(per_member["loss"]), time.perf_counter()))
+                stamps.append((group, step, len(per_member["loss"]), time.time()))
 
             load_before = machine.load_average()
             with Phases() as phases:
@@ -240,15 +288,16 @@ def main(argv=None) -> int:
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             s = result.summary
             steady = []  # Time between consecutive steps of a group, per member-step.
-            for g in sorted({g for g, _, _ in stamps}):
-                times = [t for gg, _, t in stamps if gg == g]
-                size = next(n for gg, n, _ in stamps if gg == g)
+            for g in sorted({g for g, _, _, _ in stamps}):
+                times = [t for gg, _, _, t in stamps if gg == g]
+                size = next(n for gg, _, n, _ in stamps if gg == g)
                 steady += [(b - a) / size for a, b in zip(times, times[1:])]
             rows.append({"mode": mode, "end_to_end": wall, "train": s["train_seconds"],
                          "predict": s["predict_seconds"], "member_steps": s["members"] * s["total_steps"],
                          "steady": statistics.median(steady), "cpu": cpu, "cpu_per_wall": cpu / wall,
                          "accuracy": s["mean_heldout_accuracy"], "share_hard": s["share_hard"],
-                         "load": f"{load_before} -> {machine.load_average()}", **phases.breakdown(wall)})
+                         "load": f"{load_before} -> {machine.load_average()}", **phases.breakdown(wall),
+                         "lock_steps": phases.lock_steps(stamps)})
             labels[mode] = [json.loads(line) for line in result.labels_path.read_text().splitlines()]
             print(f"  {mode:7s}: {wall:7.1f} s end to end (load {rows[-1]['load']})", flush=True)
     finally:
@@ -297,11 +346,12 @@ def main(argv=None) -> int:
     print(f"token positions a training run computes (padding included; length grouping "
           f"{plan.data.length_grouping or 'off'}): vmapped {tokens['vmapped']:,}, loop {tokens['loop']:,}, "
           f"ratio {tokens['vmapped'] / tokens['loop']:.3f}")
+    print_lock_steps(plan, by)
     dp = parallel.DataParallel()
     members = plan.members
     step_v, _ = plan.functions(dp, True)
     step_l, _ = plan.functions(dp, False)
-    state_v = dp.replicate(stacked.stack_trees([plan.init_state(m) for m in members]))
+    state_v = dp.replicate(plan.init_stacked_state(members))
     state_l = [dp.replicate(plan.init_state(m)) for m in members]
     timing = {"vmapped": [], "loop": []}
     for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.

@@ -140,3 +140,32 @@ def test_predict_group_returns_each_members_logits_in_the_order_of_its_positions
             want = plan.module.apply({"params": member_params}, ids, np.ones_like(ids),
                                      train.token_type_ids[train.offsets[p]:train.offsets[p + 1]][None]).logits
             np.testing.assert_allclose(logits[row], np.asarray(want)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_stacked_initial_state_equals_the_members_states_stacked(workspace, varied):
+    """Plan.init_stacked_state (built on the device from each distinct seed's parameters) against the members' own
+    initial states stacked on the host: same structure, dtypes, shapes and values, for repeated seeds in an order
+    that is not sorted, with and without per-member loss numbers."""
+    root, model, folder, _ = workspace
+    config = set_config(workspace, "init-stacked")
+    tokenizer = models.tokenizer_for(str(model))
+    train = data.encode_split("rotten_tomatoes", "train", str(folder), tokenizer=tokenizer, max_length=16)
+    seeds = [2, 0, 2, 1, 0]
+    members = [stacked.Member(index=i, seed=s, train_positions=np.arange(len(train)),
+                              hparams={"margin": 0.1 * i} if varied else {}) for i, s in enumerate(seeds)]
+    plan = stacked.make_plan(config.model, config.data, config.optim, config.run, trainer.LossConfig(kind="dar"),
+                             train, members)
+    base = plan.init_params(0)
+    for s in set(seeds):  # Distinct parameters per seed, so that a member given another seed's would show.
+        plan._init_params[s] = jax.tree_util.tree_map(lambda x, k=s: x + 0.01 * k, base)
+    got = plan.init_stacked_state(members)
+    want = stacked.stack_trees([plan.init_state(m) for m in members])
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    assert (got.hparams is not None) == varied
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype and g.shape == w.shape and g.shape[0] == len(members)
+        np.testing.assert_array_equal(g, w)
+    heads = np.asarray(got.params["classifier"]["kernel"])
+    assert not np.array_equal(heads[0], heads[1]) and np.array_equal(heads[0], heads[2])
