@@ -3,6 +3,7 @@
 memory.
 
     configure() -> str        # what was done: "tuned", "default (CASCADE_JAX_MALLOC unset)", "not glibc (...)"
+    huge_pages() -> str       # whether this process's malloc asks for transparent huge pages (set by ./run)
     release() -> bool          # give the heap's free pages back to the system (malloc_trim); between stages
     SETTINGS                   # (mallopt parameter, name, value)
 
@@ -55,6 +56,16 @@ def configure() -> str:
     except (OSError, AttributeError) as e:
         return f"default (mallopt unavailable: {e})"
     return "tuned" if not failed else f"tuned except {', '.join(failed)}"
+
+
+def huge_pages() -> str:
+    """``"glibc.malloc.hugetlb=V"`` as this process was started with it (``./run`` sets ``V=1``: glibc >= 2.35 then
+    backs large malloc blocks with transparent huge pages, so XLA:CPU's per-call buffers fault ~200x less), or
+    ``"off"``. glibc reads it at start-up only, so a process cannot turn it on for itself."""
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        if item.startswith("glibc.malloc.hugetlb="):
+            return item
+    return "off"
 
 
 def release() -> bool:

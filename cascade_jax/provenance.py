@@ -64,11 +64,11 @@ def git_commit(repo: str | pathlib.Path = _REPO) -> str | None:
 def provenance() -> dict:
     """The versions of Python and of :data:`PACKAGES` (None when not installed), the CPU model and the git commit
     of the repository (``<sha>`` or ``<sha>-dirty``; None outside a git checkout) and the malloc settings
-    (:func:`host_memory.configure`), as a JSON-able dict."""
+    (:func:`host_memory.configure`, :func:`host_memory.huge_pages`), as a JSON-able dict."""
     return {
         "python": platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},
         "cpu": cpu_model(),
         "git_commit": git_commit(),
-        "malloc": host_memory.configure(),
+        "malloc": f"{host_memory.configure()}; huge pages {host_memory.huge_pages()}",
     }

@@ -25,6 +25,10 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   exit 2
 fi
 mkdir -p "$OUT"
+# The same malloc environment as ./run gives its commands (huge pages for large blocks; see malloc_env in ./run).
+eval "$(sed -n '/^malloc_env() {/,/^}/p' run)"
+malloc_env
+echo "[bench_all] GLIBC_TUNABLES=${GLIBC_TUNABLES:-}" >&2
 
 # The summary lines the benchmarks end with ("<prefix>: <number>").
 SUMMARY='^(jax/torch forward throughput, worst case|bf16 jax/torch forward throughput, worst case|fraction of GEMM rate|jax/torch train step, worst case|jax train step, fraction of GEMM rate|jax bf16/fp32 train step time, worst case|dar/ce step time|vmapped/loop time|wall-clock/layer speed-up, worst case): '

@@ -102,3 +102,76 @@ def test_release_gives_a_freed_block_back_under_the_tuned_settings():
 def test_release_is_a_no_op_off_glibc(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert host_memory.release() is False
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_malloc_env(env: dict) -> str:
+    """GLIBC_TUNABLES after the ``malloc_env`` function of ``./run`` (taken out of the script and run alone)."""
+    script = ('eval "$(sed -n \'/^malloc_env() {/,/^}/p\' run)"; malloc_env; printf %s "${GLIBC_TUNABLES-<unset>}"')
+    out = subprocess.run(["bash", "-c", script], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_run_script_asks_glibc_for_huge_pages_and_keeps_what_the_user_set():
+    assert _run_malloc_env({}) == "glibc.malloc.hugetlb=1"
+    assert _run_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) == \
+        "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"
+    assert _run_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == "glibc.malloc.hugetlb=0"
+    assert _run_malloc_env({"CASCADE_JAX_HUGEPAGES": "0"}) == "<unset>"
+    assert _run_malloc_env({"CASCADE_JAX_HUGEPAGES": "0", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == \
+        "glibc.malloc.arena_max=2"
+
+
+def test_huge_pages_reports_the_tunable_the_process_started_with(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1")
+    assert host_memory.huge_pages() == "glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    assert host_memory.huge_pages() == "off"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert host_memory.huge_pages() == "off"
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return None
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
+
+
+# Touch a fresh 256 MiB block from libc's malloc (as XLA:CPU's buffers are) and print its minor page faults.
+_TOUCH = """
+import ctypes, resource
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+n = 256 << 20
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+ctypes.memset(libc.malloc(n), 1, n)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@glibc_only
+@pytest.mark.skipif(tuple(int(x) for x in platform.libc_ver()[1].split(".")[:2]) < (2, 35),
+                    reason="glibc.malloc.hugetlb needs glibc 2.35")
+@pytest.mark.skipif(_thp_mode() not in ("madvise", "always"), reason="transparent huge pages are off on this kernel")
+def test_with_the_run_scripts_tunable_a_large_block_faults_in_huge_pages():
+    """What ./run's GLIBC_TUNABLES does: a 256 MiB block is faulted in 2 MiB pages (128 faults and some change)
+    instead of 65,536 4 KiB ones. Under THP "always" both are huge; only the tunable's side is asserted then."""
+    def faults(tunables):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        out = subprocess.run([sys.executable, "-c", _TOUCH], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    pages = (256 << 20) // 4096
+    huge = faults(_run_malloc_env({}))
+    assert huge < 0.05 * pages, f"{huge} faults for {pages} pages: the block was not backed by huge pages"
+    if _thp_mode() == "madvise":
+        assert faults(None) > 0.5 * pages
