@@ -96,11 +96,16 @@ class TrainState:
     hparams: Any = None  # Per-run loss numbers ({"margin", "dar_weight", "kd_alpha"}) of stacked members, or None.
 
 
+def initial_rng(seed: int) -> np.ndarray:
+    """The raw ``uint32[2]`` key a run with ``seed`` starts from (:attr:`TrainState.rng`)."""
+    return np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))
+
+
 def new_state(params, tx: optax.GradientTransformation, seed: int, hparams=None) -> TrainState:
     """A host :class:`TrainState` at step 0."""
     params = jax.device_get(params)
     return TrainState(step=np.asarray(0, np.int32), params=params, opt_state=jax.device_get(tx.init(params)),
-                      rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))), hparams=hparams)
+                      rng=initial_rng(seed), hparams=hparams)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -183,7 +183,6 @@ class Phases:
                 "compile_other": compile_all - compile_train - compile_predict, "train_steps": train - compile_train,
                 "prediction": predict - compile_predict, "rest": end_to_end - train - predict}
 
-
     def lock_steps(self, stamps: list[tuple[int, int, int, float]]) -> dict[int, tuple[float, float]]:
         """Per lock-step (1-based): (seconds, of which compilation), summed over the run's groups. A step's time
         runs from the group's previous step (its first: from the start of its ``train_group`` call, so it includes
@@ -199,16 +198,23 @@ class Phases:
         return out
 
 
-def padded_tokens(plan) -> dict[str, int]:
+def batch_shapes(plan) -> list[list[tuple[int, int]]]:
+    """Per lock-step (0-based), the ``(rows, padded length)`` of each member's own batch (un-stacked, as the loop
+    runs it)."""
+    from cascade_jax import stacked
+
+    return [[stacked.group_train_batch(plan, [m], step, False)["input_ids"].shape for m in plan.members]
+            for step in range(plan.total_steps)]
+
+
+def padded_tokens(plan, shapes: list[list[tuple[int, int]]] | None = None) -> dict[str, int]:
     """Token positions (rows x padded length) the training steps of ``plan``'s members compute, summed over the
     run: ``vmapped`` pads each lock-step's stacked batch to the longest of the members' batches, ``loop`` pads each
     member's batch to its own length bucket (both also count the empty batches a member steps through at the end of
-    a short epoch). The difference is padding only: both see the same examples at the same steps."""
-    from cascade_jax import stacked
-
+    a short epoch). The difference is padding only: both see the same examples at the same steps. ``shapes``:
+    :func:`batch_shapes` of ``plan``, if already made."""
     out = {"vmapped": 0, "loop": 0}
-    for step in range(plan.total_steps):
-        widths = [stacked.group_train_batch(plan, [m], step, False)["input_ids"].shape for m in plan.members]
+    for widths in batch_shapes(plan) if shapes is None else shapes:
         rows = widths[0][0]
         out["vmapped"] += len(widths) * rows * max(w for _, w in widths)
         out["loop"] += sum(r * w for r, w in widths)
@@ -219,10 +225,9 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def print_lock_steps(plan, by: dict[str, dict]) -> None:
-    """Each lock-step of both runs side by side, with the batch widths of the members at that step."""
-    from cascade_jax import stacked
-
+def print_lock_steps(shapes: list[list[tuple[int, int]]], by: dict[str, dict]) -> None:
+    """Each lock-step of both runs side by side, with the members' batch widths at that step (``shapes``:
+    :func:`batch_shapes`)."""
     vm, lp = by["vmapped"]["lock_steps"], by["loop"]["lock_steps"]
     print("\nper lock-step (s; first step of a group includes its set-up; 'compile' = compilation inside the step; "
           "the loop's time is the sum over its members):\n")
@@ -230,8 +235,7 @@ def print_lock_steps(plan, by: dict[str, dict]) -> None:
     print("|---:|---|---:|---:|---:|---:|---:|")
     totals = {"vmapped": [0.0, 0.0], "loop": [0.0, 0.0]}
     for step in sorted(vm):
-        widths = sorted({stacked.group_train_batch(plan, [m], step - 1, False)["input_ids"].shape[1]
-                         for m in plan.members})
+        widths = sorted({w for _, w in shapes[step - 1]})
         (v, vc), (lt, lc) = vm[step], lp.get(step, (float("nan"), 0.0))
         totals["vmapped"][0] += v
         totals["vmapped"][1] += vc
@@ -342,11 +346,12 @@ def main(argv=None) -> int:
     from cascade_jax import parallel, stacked
 
     plan = difficulty.make_plan(configs.create(difficulty.LabelConfig, {**base, "output_dir": str(root / "steps")}))
-    tokens = padded_tokens(plan)
+    shapes = batch_shapes(plan)
+    tokens = padded_tokens(plan, shapes)
     print(f"token positions a training run computes (padding included; length grouping "
           f"{plan.data.length_grouping or 'off'}): vmapped {tokens['vmapped']:,}, loop {tokens['loop']:,}, "
           f"ratio {tokens['vmapped'] / tokens['loop']:.3f}")
-    print_lock_steps(plan, by)
+    print_lock_steps(shapes, by)
     dp = parallel.DataParallel()
     members = plan.members
     step_v, _ = plan.functions(dp, True)
