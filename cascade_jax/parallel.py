@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -109,7 +110,13 @@ class DataParallel:
         return jax.jit(mapped, donate_argnums=donate, compiler_options=compiler_options or None)
 
     def replicate(self, tree: Any) -> Any:
-        """Place a host pytree as the step's replicated input."""
+        """Place a pytree (host arrays, or device arrays) as the step's replicated input.
+
+        Every leaf gets a buffer that a donating step can write its output into. On CPU, JAX places an aligned
+        host array (e.g. the read-only views ``jax.device_get`` returns) without copying it, and a step cannot
+        reuse such a buffer: its first call would allocate and copy a second state (1.5 GB and 3.7 s more for 8
+        stacked minilm-l3 members on a 2-core CPU, docs/bench_difficulty.md). So host leaves are copied once on
+        the device here; a device array already placed this way passes as it is (a donating step consumes it)."""
         if self.backend == "pmap":
             devices = self._local_devices
             sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
@@ -117,7 +124,20 @@ class DataParallel:
                 lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding), tree
             )
         sharding = NamedSharding(self.mesh, P())
-        return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        host = []
+        for i, x in enumerate(leaves):
+            if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+                # The same buffer under the step's own sharding: an equivalent but different one (a single
+                # device's) would make the step compile again once its outputs come back in this one.
+                leaves[i] = jax.device_put(x, sharding)
+            else:
+                host.append(i)
+        copies = _owned_copies([jax.device_put(np.asarray(leaves[i]), sharding) for i in host]) if host else []
+        for i, x in zip(host, copies):
+            leaves[i] = x
+        return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def unreplicate(self, tree: Any) -> Any:
         """A host (numpy) copy of a replicated output."""
@@ -143,6 +163,12 @@ class DataParallel:
             return {k: split(v) for k, v in local_batch.items()}
         sharding = NamedSharding(self.mesh, P(*(None,) * batch_axis, AXIS))
         return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+@jax.jit
+def _owned_copies(arrays: list) -> list:
+    """Copies of placed arrays in buffers of XLA's own (see :meth:`DataParallel.replicate`)."""
+    return [jnp.copy(x) for x in arrays]
 
 
 def pmean(tree: Any) -> Any:

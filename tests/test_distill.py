@@ -312,15 +312,17 @@ def test_theseus_replacing_with_p0_is_the_predecessor_and_with_p1_the_successor(
         got0, use0 = phase1(key, 0.0)
         got1, use1 = phase1(key, 1.0)
         assert not np.asarray(use0).any() and np.asarray(use1).all()
-        np.testing.assert_allclose(np.asarray(got0), want_pred, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(got1), want_succ, rtol=0, atol=1e-6)
+        # Different programs (the replacement loop vs the plain model) sum in another order: float32 rounding
+        # reached 1.2e-6 on an AVX2-only Zen 1 EPYC; a wrong layer choice moves logits by > 1e-2 (above).
+        np.testing.assert_allclose(np.asarray(got0), want_pred, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got1), want_succ, rtol=0, atol=1e-5)
     # A mixed draw is the 3-layer model: successor layer 0 in place of predecessor layers 0-1, then layers 2, 3.
     mixed = distill.theseus_logits(config, predecessor, succ, *inputs, jnp.asarray([True, False]))
     enc = predecessor["bert"]["encoder"]
     three = {"bert": {**predecessor["bert"], "encoder": {"layer_0": succ["layer_0"], "layer_1": enc["layer_2"],
                                                          "layer_2": enc["layer_3"]}},
              "classifier": predecessor["classifier"]}
-    np.testing.assert_allclose(np.asarray(mixed), plain(3, three), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mixed), plain(3, three), rtol=0, atol=1e-5)
 
     # Through the training step: with p = 0 the successor layers get no gradient at all; with p = 1 they do.
     dp = parallel.DataParallel()
