@@ -115,8 +115,9 @@ class DataParallel:
         Every leaf gets a buffer that a donating step can write its output into. On CPU, JAX places an aligned
         host array (e.g. the read-only views ``jax.device_get`` returns) without copying it, and a step cannot
         reuse such a buffer: its first call would allocate and copy a second state (1.5 GB and 3.7 s more for 8
-        stacked minilm-l3 members on a 2-core CPU, docs/bench_difficulty.md). So host leaves are copied once on
-        the device here; a device array already placed this way passes as it is (a donating step consumes it)."""
+        stacked minilm-l3 members on a 2-core CPU, docs/bench_difficulty.md). So on CPU host leaves are copied
+        once on the device here; a device array already placed this way passes as it is (a donating step consumes
+        it)."""
         if self.backend == "pmap":
             devices = self._local_devices
             sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
@@ -134,7 +135,9 @@ class DataParallel:
                 leaves[i] = jax.device_put(x, sharding)
             else:
                 host.append(i)
-        copies = _owned_copies([jax.device_put(np.asarray(leaves[i]), sharding) for i in host]) if host else []
+        copies = [jax.device_put(np.asarray(leaves[i]), sharding) for i in host]
+        if copies and self.mesh.devices.flat[0].platform == "cpu":  # Accelerators copy host arrays anyway.
+            copies = _owned_copies(copies)
         for i, x in zip(host, copies):
             leaves[i] = x
         return jax.tree_util.tree_unflatten(treedef, leaves)
