@@ -109,15 +109,16 @@ class DataParallel:
         )
         return jax.jit(mapped, donate_argnums=donate, compiler_options=compiler_options or None)
 
-    def replicate(self, tree: Any) -> Any:
+    def replicate(self, tree: Any, *, donated: bool = False) -> Any:
         """Place a pytree (host arrays, or device arrays) as the step's replicated input.
 
-        Every leaf gets a buffer that a donating step can write its output into. On CPU, JAX places an aligned
-        host array (e.g. the read-only views ``jax.device_get`` returns) without copying it, and a step cannot
-        reuse such a buffer: its first call would allocate and copy a second state (1.5 GB and 3.7 s more for 8
-        stacked minilm-l3 members on a 2-core CPU, docs/bench_difficulty.md). So on CPU host leaves are copied
-        once on the device here; a device array already placed this way passes as it is (a donating step consumes
-        it)."""
+        ``donated=True`` for an input the step donates (a training state): every leaf then gets a buffer the step
+        can write its output into. On CPU, JAX places an aligned host array (e.g. the read-only views
+        ``jax.device_get`` returns) without copying it, and a step cannot reuse such a buffer: its first call would
+        allocate and copy a second state (1.5 GB and 3.7 s more for 8 stacked minilm-l3 members on a 2-core CPU,
+        docs/bench_difficulty.md). So on CPU a donated tree's host leaves are copied once on the device here; an
+        input that is only read (parameters to predict with, a teacher) is placed without that copy. A device array
+        already placed this way keeps its buffer, re-wrapped in the step's own sharding."""
         if self.backend == "pmap":
             devices = self._local_devices
             sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
@@ -136,7 +137,7 @@ class DataParallel:
             else:
                 host.append(i)
         copies = [jax.device_put(np.asarray(leaves[i]), sharding) for i in host]
-        if copies and self.mesh.devices.flat[0].platform == "cpu":  # Accelerators copy host arrays anyway.
+        if donated and copies and self.mesh.devices.flat[0].platform == "cpu":  # Accelerators copy anyway.
             copies = _owned_copies(copies)
         for i, x in zip(host, copies):
             leaves[i] = x

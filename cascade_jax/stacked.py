@@ -368,7 +368,7 @@ def train_group(
     axis = 1 if stacked else 0
     batches = (dp.shard_batch(group_train_batch(plan, group, step, stacked), axis)
                for step in range(start, plan.total_steps))
-    result = run_steps(lambda s, b: step_fn(s, b, *extra), batches, dp.replicate(state), start=start,
+    result = run_steps(lambda s, b: step_fn(s, b, *extra), batches, dp.replicate(state, donated=True), start=start,
                        total=plan.total_steps, actions=actions, preemption=preemption, on_step=on_step,
                        describe_nonfinite=describe_nonfinite,
                        metrics_of=lambda m: _per_member(dp.unreplicate(m), stacked))

@@ -356,8 +356,8 @@ def main(argv=None) -> int:
     members = plan.members
     step_v, _ = plan.functions(dp, True)
     step_l, _ = plan.functions(dp, False)
-    state_v = dp.replicate(plan.init_stacked_state(members))
-    state_l = [dp.replicate(plan.init_state(m)) for m in members]
+    state_v = dp.replicate(plan.init_stacked_state(members), donated=True)
+    state_l = [dp.replicate(plan.init_state(m), donated=True) for m in members]
     timing = {"vmapped": [], "loop": []}
     for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.
         step = rep % plan.total_steps

@@ -173,7 +173,7 @@ def jax_step(module, params, batch, dp, loss_kind: str = "ce", compiler_options=
     tx, _ = configs.make_optimizer(configs.OptimConfig(learning_rate=LEARNING_RATE, max_steps=10_000), 10_000 * 32)
     state = trainer.new_state(params, tx, seed)
     step = dp.map_step(trainer.make_train_step(module, tx, loss, dropout=True))
-    holder = [dp.replicate(state)]
+    holder = [dp.replicate(state, donated=True)]
     t0 = time.perf_counter()
     lowered = step.lower(holder[0], dp.shard_batch(batch))
     compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()

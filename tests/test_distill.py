@@ -330,7 +330,7 @@ def test_theseus_replacing_with_p0_is_the_predecessor_and_with_p1_the_successor(
         tx, _ = configs.make_optimizer(configs.OptimConfig(warmup_ratio=0.0, weight_decay=0.0), 64)
         step = dp.map_step(distill.make_theseus_step(config, tx, 10, base=base, slope=0.0, dropout=False),
                            num_extra=1)
-        state = dp.replicate(trainer.new_state(succ, tx, 0))
+        state = dp.replicate(trainer.new_state(succ, tx, 0), donated=True)
         rows = {k: v for k, v in batch.items() if k != "id"}
         _, metrics = step(state, dp.shard_batch(rows), dp.replicate(jax.device_get(predecessor)))
         metrics = dp.unreplicate(metrics)

@@ -273,18 +273,25 @@ def test_shard_map_pmap_and_one_device_give_the_same_parameters(workspace, tmp_p
             np.testing.assert_allclose(out["first"][name][key], out["first"]["one"][key], rtol=1e-5, err_msg=key)
 
 
-def test_replicated_state_is_reused_in_place_by_a_donating_step():
-    """DataParallel.replicate gives each host leaf a buffer of its own: a donating step writes its output into
-    it. A read-only view of a device buffer (what jax.device_get returns on CPU) was aliased before, and the step
-    then allocated and copied a second state. A device array passes uncopied, in the step's sharding (else a
-    step would compile again when its outputs come back)."""
+def test_replicated_state_is_reused_in_place_by_a_donating_step(monkeypatch):
+    """DataParallel.replicate(donated=True) gives each host leaf a buffer of its own: a donating step writes its
+    output into it. A read-only view of a device buffer (what jax.device_get returns on CPU) was aliased before, and
+    the step then allocated and copied a second state. A device array passes uncopied, in the step's sharding (else
+    a step would compile again when its outputs come back). Inputs only read (donated=False) are not copied."""
     from cascade_jax import parallel
 
+    copied = []
+    owned = parallel._owned_copies
+    monkeypatch.setattr(parallel, "_owned_copies", lambda arrays: copied.append(len(arrays)) or owned(arrays))
     dp = parallel.DataParallel()
     made = jax.jit(lambda: jnp.arange(4096, dtype=jnp.float32))()
     view = jax.device_get(made)
     tree = {"view": view, "fresh": np.ones(4096, np.float32)}
-    placed = dp.replicate(tree)
+    read_only = dp.replicate(tree)
+    assert copied == []
+    np.testing.assert_array_equal(np.asarray(read_only["view"]), view)
+    placed = dp.replicate(tree, donated=True)
+    assert copied == [2]
     before = {k: v.addressable_data(0).unsafe_buffer_pointer() for k, v in placed.items()}
     step = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x * 2 + 1, t), donate_argnums=0)
     out = step(placed)
@@ -294,7 +301,7 @@ def test_replicated_state_is_reused_in_place_by_a_donating_step():
         assert placed[k].is_deleted()
     np.testing.assert_array_equal(view, np.arange(4096, dtype=np.float32))  # The host view is untouched.
     made = jax.jit(lambda: jnp.ones(8))()  # A single device's array: kept, in the step's sharding.
-    again = dp.replicate({"made": made})["made"]
+    again = dp.replicate({"made": made}, donated=True)["made"]
     assert again.unsafe_buffer_pointer() == made.unsafe_buffer_pointer()
     assert again.sharding == jax.tree_util.tree_leaves(placed)[0].sharding
 
