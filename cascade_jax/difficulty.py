@@ -57,7 +57,9 @@ class LabelConfig:
     seed: int = configs.field(0, "fold assignment; member seeds are SEED .. SEED+S-1")
     chunk: int | None = configs.field(None, "train at most C members at once (default: all K x S); the same labels, "
                                             "less memory (minilm-l3: ~280 MB a member in float32, plus activations)")
-    sequential: bool = configs.field(False, "train members one at a time without vmap (the reference; slower)")
+    sequential: bool = configs.field(False, "train members one at a time without vmap (the reference); on a "
+                                            "small CPU as fast or faster, with one member's memory "
+                                            "(docs/bench_difficulty.md)")
 
     def __post_init__(self):
         if not self.output_dir:

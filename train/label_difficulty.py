@@ -3,7 +3,9 @@
 The training split is cut into K folds; for each fold k and seed s, the small model is fine-tuned on the other
 folds and predicts fold k. An example is easy (difficulty 0) only if all S seeds predict it right. All K x S
 members train together as one vmapped run (--chunk C trains them in groups of at most C when memory is short;
-the labels are the same).
+the labels are the same). On a CPU of a few cores, --sequential (one member at a time) is as fast or faster and
+needs one member's memory; the vmapped run is meant for accelerators, where one member's step leaves the
+device mostly idle (not measured yet: docs/bench_difficulty.md).
 
 Examples (from the repository root, after ./run setup):
 
