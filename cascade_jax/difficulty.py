@@ -1,4 +1,4 @@
-"""Difficulty labels (paper Sec. 4.1): K folds x S seeds of the small model, trained together as one vmapped run.
+"""Difficulty labels (paper Sec. 4.1): K folds x S seeds of the small model, as one vmapped run or one at a time.
 
   label_difficulty(LabelConfig(output_dir, folds=8, seeds=5, ...)) -> LabelResult      # resumable
   make_plan(config) -> stacked.Plan (members: K x S FoldMembers; trained by stacked.train_group)
@@ -57,9 +57,10 @@ class LabelConfig:
     seed: int = configs.field(0, "fold assignment; member seeds are SEED .. SEED+S-1")
     chunk: int | None = configs.field(None, "train at most C members at once (default: all K x S); the same labels, "
                                             "less memory (minilm-l3: ~280 MB a member in float32, plus activations)")
-    sequential: bool = configs.field(False, "train members one at a time without vmap (the reference); on a "
-                                            "small CPU as fast or faster, with one member's memory "
-                                            "(docs/bench_difficulty.md)")
+    sequential: bool | None = configs.field(
+        None, "train members one at a time without vmap (the reference), or (--no-sequential) as one vmapped run; "
+              "automatic: one at a time on CPU unless --chunk is given (as fast or faster there, with one member's "
+              "memory: docs/bench_difficulty.md), vmapped on GPU/TPU; a run folder keeps the mode it was made with")
 
     def __post_init__(self):
         if not self.output_dir:
@@ -227,6 +228,23 @@ def _load_group(path: pathlib.Path) -> tuple[dict[int, np.ndarray], dict]:
         return dict(zip(f["members"].tolist(), split)), json.loads(str(f["info"]))
 
 
+def resolve_mode(config: LabelConfig, platform: str) -> LabelConfig:
+    """``config`` with ``sequential`` decided when it is None (automatic): the mode its output folder was made with
+    if it holds a run (so that a run resumes the same way on any machine), else one member at a time on CPU (unless
+    ``chunk`` asks for vmapped groups) and vmapped on an accelerator (``platform``: the devices' platform)."""
+    if config.sequential is not None:
+        return config
+    saved = pathlib.Path(config.output_dir) / CONFIG_FILE
+    if saved.exists():
+        try:
+            mode = json.loads(saved.read_text()).get("sequential")
+        except (json.JSONDecodeError, AttributeError):
+            mode = None  # configs.check_resume reports the broken file.
+        if isinstance(mode, bool):
+            return dataclasses.replace(config, sequential=mode)
+    return dataclasses.replace(config, sequential=platform == "cpu" and config.chunk is None)
+
+
 def label_difficulty(
     config: LabelConfig,
     *,
@@ -244,6 +262,7 @@ def label_difficulty(
     out = pathlib.Path(config.output_dir)
     dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0
+    config = resolve_mode(config, dp.mesh.devices.flat[0].platform)
     configs.check_resume(out, CONFIG_FILE, config)
     plan = make_plan(config, train)
     groups = [[m] for m in plan.members] if config.sequential else stacked.groups_of(plan.members, config.chunk)

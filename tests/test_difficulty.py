@@ -38,7 +38,7 @@ def config(workspace, name, **kw):
     base = {"output_dir": str(root / name), "model.name": str(model), "task": "rotten_tomatoes",
             "source": str(folder), "folds": FOLDS, "seeds": SEEDS, "epochs": 4, "batch_size": 8,
             "learning_rate": 1e-2, "max_length": 16, "eval_batch_size": 16, "progress": False, "log_every": 3,
-            "dropout": False}
+            "dropout": False, "sequential": False}  # The vmapped path, unless a test asks otherwise.
     base.update(kw)
     return configs.create(difficulty.LabelConfig, base)
 
@@ -134,6 +134,27 @@ def test_vmapped_members_equal_separate_runs_of_the_same_step(workspace, full_ru
         np.testing.assert_array_equal(a[k], b[k])
     np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-5)
     assert seq.summary["groups"] == 6 and full_run.summary["groups"] == 1
+
+
+def test_the_automatic_mode_is_one_member_at_a_time_on_cpu_and_a_run_folder_keeps_its_mode(workspace, tmp_path):
+    def mode(platform, folder=tmp_path / "new", **kw):
+        cfg = configs.create(difficulty.LabelConfig, {"output_dir": str(folder), **kw})
+        return difficulty.resolve_mode(cfg, platform).sequential
+
+    assert configs.create(difficulty.LabelConfig, {"output_dir": "x"}).sequential is None
+    assert mode("cpu") is True and mode("gpu") is False and mode("tpu") is False
+    assert mode("cpu", chunk=3) is False  # --chunk asks for vmapped groups.
+    assert mode("gpu", sequential=True) is True and mode("cpu", sequential=False) is False  # Explicit wins.
+    for saved in (True, False):  # A folder made in one mode resumes in it, on any platform.
+        folder = tmp_path / f"saved-{saved}"
+        configs.write(folder, difficulty.CONFIG_FILE, configs.create(
+            difficulty.LabelConfig, {"output_dir": str(folder), "sequential": saved}))
+        assert mode("cpu", folder) is saved and mode("gpu", folder) is saved
+    # End to end on this CPU: the automatic mode trains one member per group and says so in the summary.
+    auto = difficulty.label_difficulty(config(workspace, "auto", sequential=None, epochs=1))
+    assert auto.summary["sequential"] is True and auto.summary["groups"] == FOLDS * SEEDS
+    saved = json.loads((auto.output_dir / difficulty.CONFIG_FILE).read_text())
+    assert saved["sequential"] is True
 
 
 # ---------------------------------------------------------------------------------------------------------------

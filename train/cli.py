@@ -66,7 +66,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str
         kw: dict[str, Any] = {"dest": _PREFIX + path, "default": argparse.SUPPRESS}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
-            help_text += f" ({default_label}: {'on' if default else 'off'})"
+            help_text += f" ({default_label}: {'automatic' if default is None else 'on' if default else 'off'})"
         else:
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += " (required)" if default == "" else f" ({default_label}: {shown})"

@@ -1,11 +1,11 @@
 """Label every training example easy or hard for the small cascade member (the paper's Sec. 4.1).
 
 The training split is cut into K folds; for each fold k and seed s, the small model is fine-tuned on the other
-folds and predicts fold k. An example is easy (difficulty 0) only if all S seeds predict it right. All K x S
-members train together as one vmapped run (--chunk C trains them in groups of at most C when memory is short;
-the labels are the same). On a CPU of a few cores, --sequential (one member at a time) is as fast or faster and
-needs one member's memory; the vmapped run is meant for accelerators, where one member's step leaves the
-device mostly idle (not measured yet: docs/bench_difficulty.md).
+folds and predicts fold k. An example is easy (difficulty 0) only if all S seeds predict it right. On GPU/TPU
+the K x S members train together as one vmapped run (--chunk C: in groups of at most C, when memory is short);
+on CPU they train one at a time by default (--sequential; as fast or faster on a CPU of a few cores, with one
+member's memory: docs/bench_difficulty.md), unless --chunk or --no-sequential asks for vmapped groups. The
+labels agree up to float rounding (a borderline example can flip: 255 of 256 in docs/bench_difficulty.md).
 
 Examples (from the repository root, after ./run setup):
 
