@@ -31,7 +31,8 @@ at the same step make the two nearly equal.
 
 2. Training step alone, interleaved. Since the two runs above happen at different moments of a shared machine,
 the same compiled steps (cached by the runs) are then timed back to back: one vmapped step of all members, then
-one step of each member in a loop, repeated ``--repeats`` times on the first lock-steps' real batches; wall and
+one step of each member in a loop, repeated ``--repeats`` times on the real batches of one lock-step (the first
+at which all members' batches have the same width, printed; so both compute the same token positions); wall and
 process CPU time, median over repeats.
 
 Run from the repository root (defaults: minilm-l3, 256 rotten_tomatoes examples, K=4, S=2, 1 epoch, batch 16,
@@ -207,6 +208,13 @@ def batch_shapes(plan) -> list[list[tuple[int, int]]]:
             for step in range(plan.total_steps)]
 
 
+def same_width_step(shapes: list[list[tuple[int, int]]]) -> int:
+    """The first lock-step (0-based) at which every member's own batch has the same width, so that the stacked
+    step computes no more token positions than the loop's (0 if there is none)."""
+    same = [i for i, widths in enumerate(shapes) if len({w for _, w in widths}) == 1]
+    return same[0] if same else 0
+
+
 def padded_tokens(plan, shapes: list[list[tuple[int, int]]] | None = None) -> dict[str, int]:
     """Token positions (rows x padded length) the training steps of ``plan``'s members compute, summed over the
     run: ``vmapped`` pads each lock-step's stacked batch to the longest of the members' batches, ``loop`` pads each
@@ -359,10 +367,11 @@ def main(argv=None) -> int:
     state_v = dp.replicate(plan.init_stacked_state(members), donated=True)
     state_l = [dp.replicate(plan.init_state(m), donated=True) for m in members]
     timing = {"vmapped": [], "loop": []}
+    step = same_width_step(shapes)
+    width = shapes[step][0][1]
+    batch_v = dp.shard_batch(stacked.group_train_batch(plan, members, step, True), 1)
+    batch_l = [dp.shard_batch(stacked.group_train_batch(plan, [m], step, False)) for m in members]
     for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.
-        step = rep % plan.total_steps
-        batch_v = dp.shard_batch(stacked.group_train_batch(plan, members, step, True), 1)
-        batch_l = [dp.shard_batch(stacked.group_train_batch(plan, [m], step, False)) for m in members]
         t, c = time.perf_counter(), time.process_time()
         state_v, _ = step_v(state_v, batch_v)
         jax.block_until_ready(state_v)
@@ -374,8 +383,8 @@ def main(argv=None) -> int:
         jax.block_until_ready(state_l)
         if rep:
             timing["loop"].append((time.perf_counter() - t, time.process_time() - c))
-    print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step, median of {args.repeats} "
-          f"(load {machine.load_average()}):\n")
+    print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step (lock-step {step + 1}'s batches, every "
+          f"member at width {width}), median of {args.repeats} (load {machine.load_average()}):\n")
     print("| mode | wall s | CPU s | cpu/wall |")
     print("|---|---:|---:|---:|")
     med = {}

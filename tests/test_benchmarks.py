@@ -117,6 +117,14 @@ def test_padded_token_count_of_stacked_members_is_at_least_the_loops(tmp_path):
     assert one["vmapped"] == one["loop"]
 
 
+def test_the_step_only_comparison_picks_a_lock_step_where_every_member_has_the_same_width():
+    from eval.bench_difficulty import same_width_step
+
+    assert same_width_step([[(16, 64), (16, 32)], [(16, 32), (16, 32)], [(16, 64), (16, 64)]]) == 1
+    assert same_width_step([[(16, 64), (16, 64)], [(16, 32), (16, 16)]]) == 0
+    assert same_width_step([[(16, 64), (16, 32)], [(16, 16), (16, 32)]]) == 0  # None: the first step.
+
+
 def stacked_batch(plan, member, step):
     from cascade_jax import stacked
 
