@@ -395,6 +395,18 @@ def differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
+def read_saved(directory: str | pathlib.Path, file: str) -> Any:
+    """The JSON that :func:`write` left in ``directory/file``, or None when there is none; :class:`ConfigError` when
+    it is not valid JSON."""
+    path = pathlib.Path(directory) / file
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); delete it or use another output directory") from e
+
+
 def check_resume(directory: str | pathlib.Path, file: str, config, free: tuple[str, ...] = RESUME_FREE) -> bool:
     """Whether ``directory/file`` holds this run's config (True: resume it; False: a new run).
 
@@ -402,12 +414,9 @@ def check_resume(directory: str | pathlib.Path, file: str, config, free: tuple[s
     ``output_dir``), and :class:`ConfigError` when it was written in another layout.
     """
     path = pathlib.Path(directory) / file
-    if not path.exists():
+    saved = read_saved(directory, file)
+    if saved is None:
         return False
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); delete it or use another output directory") from e
     from_dict(type(config), saved, str(path))  # Raises on another layout.
     now = to_dict(config)
     diff = [p for p in differences(saved, now) if p != "output_dir" and p not in free]

@@ -234,14 +234,10 @@ def resolve_mode(config: LabelConfig, platform: str) -> LabelConfig:
     ``chunk`` asks for vmapped groups) and vmapped on an accelerator (``platform``: the devices' platform)."""
     if config.sequential is not None:
         return config
-    saved = pathlib.Path(config.output_dir) / CONFIG_FILE
-    if saved.exists():
-        try:
-            mode = json.loads(saved.read_text()).get("sequential")
-        except (json.JSONDecodeError, AttributeError):
-            mode = None  # configs.check_resume reports the broken file.
-        if isinstance(mode, bool):
-            return dataclasses.replace(config, sequential=mode)
+    saved = configs.read_saved(config.output_dir, CONFIG_FILE)
+    mode = saved.get("sequential") if isinstance(saved, dict) else None  # Another layout: check_resume says so.
+    if isinstance(mode, bool):
+        return dataclasses.replace(config, sequential=mode)
     return dataclasses.replace(config, sequential=platform == "cpu" and config.chunk is None)
 
 
@@ -262,7 +258,7 @@ def label_difficulty(
     out = pathlib.Path(config.output_dir)
     dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0
-    config = resolve_mode(config, dp.mesh.devices.flat[0].platform)
+    config = resolve_mode(config, dp.platform)
     configs.check_resume(out, CONFIG_FILE, config)
     plan = make_plan(config, train)
     groups = [[m] for m in plan.members] if config.sequential else stacked.groups_of(plan.members, config.chunk)

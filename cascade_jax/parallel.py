@@ -78,6 +78,11 @@ class DataParallel:
         return self.mesh.size if self.backend == "shard_map" else len(self._local_devices)
 
     @property
+    def platform(self) -> str:
+        """The mesh's device platform: ``"cpu"``, ``"gpu"``, ``"tpu"``."""
+        return self.mesh.devices.flat[0].platform
+
+    @property
     def _local_devices(self):
         return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
 
@@ -137,7 +142,7 @@ class DataParallel:
             else:
                 host.append(i)
         copies = [jax.device_put(np.asarray(leaves[i]), sharding) for i in host]
-        if donated and copies and self.mesh.devices.flat[0].platform == "cpu":  # Accelerators copy anyway.
+        if donated and copies and self.platform == "cpu":  # Accelerators copy anyway.
             copies = _owned_copies(copies)
         for i, x in zip(host, copies):
             leaves[i] = x

@@ -300,7 +300,7 @@ def run_mapped(mapped_step: Callable, batches, host_state, dp: parallel.DataPara
     preemption = preemption or Preemption()
     with preemption.installed():
         if preemption.agreed():  # Asked to stop before this run began (e.g. at the end of an earlier phase).
-            return LoopResult(dp.replicate(host_state, donated=True), start, "preempted" if start < total else "finished")
+            return LoopResult(dp.replicate(host_state), start, "preempted" if start < total else "finished")
         return run_steps(mapped_step, device_batches(dp, batches), dp.replicate(host_state, donated=True), start=start,
                          total=total, actions=actions, preemption=preemption, on_step=on_step,
                          describe_nonfinite=describe_nonfinite, metrics_of=dp.unreplicate)

@@ -233,6 +233,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
+def widths_label(widths: list[tuple[int, int]]) -> str:
+    """The distinct padded lengths of one lock-step's member batches (a row of :func:`batch_shapes`): "32/64"."""
+    return "/".join(map(str, sorted({w for _, w in widths})))
+
+
 def print_lock_steps(shapes: list[list[tuple[int, int]]], by: dict[str, dict]) -> None:
     """Each lock-step of both runs side by side, with the members' batch widths at that step (``shapes``:
     :func:`batch_shapes`)."""
@@ -243,13 +248,12 @@ def print_lock_steps(shapes: list[list[tuple[int, int]]], by: dict[str, dict]) -
     print("|---:|---|---:|---:|---:|---:|---:|")
     totals = {"vmapped": [0.0, 0.0], "loop": [0.0, 0.0]}
     for step in sorted(vm):
-        widths = sorted({w for _, w in shapes[step - 1]})
         (v, vc), (lt, lc) = vm[step], lp.get(step, (float("nan"), 0.0))
         totals["vmapped"][0] += v
         totals["vmapped"][1] += vc
         totals["loop"][0] += lt
         totals["loop"][1] += lc
-        print(f"| {step} | {'/'.join(map(str, widths))} | {v:.2f} | {vc:.2f} | {lt:.2f} | {lc:.2f} | "
+        print(f"| {step} | {widths_label(shapes[step - 1])} | {v:.2f} | {vc:.2f} | {lt:.2f} | {lc:.2f} | "
               f"{_ratio(v - vc, lt - lc):.2f} |")
     (v, vc), (lt, lc) = totals["vmapped"], totals["loop"]
     print(f"| all | | {v:.1f} | {vc:.1f} | {lt:.1f} | {lc:.1f} | {_ratio(v - vc, lt - lc):.2f} |")
@@ -368,7 +372,6 @@ def main(argv=None) -> int:
     state_l = [dp.replicate(plan.init_state(m), donated=True) for m in members]
     timing = {"vmapped": [], "loop": []}
     step = same_width_step(shapes)
-    width = shapes[step][0][1]
     batch_v = dp.shard_batch(stacked.group_train_batch(plan, members, step, True), 1)
     batch_l = [dp.shard_batch(stacked.group_train_batch(plan, [m], step, False)) for m in members]
     for rep in range(args.repeats + 1):  # Repeat 0 warms up (first calls allocate), not timed.
@@ -383,8 +386,8 @@ def main(argv=None) -> int:
         jax.block_until_ready(state_l)
         if rep:
             timing["loop"].append((time.perf_counter() - t, time.process_time() - c))
-    print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step (lock-step {step + 1}'s batches, every "
-          f"member at width {width}), median of {args.repeats} (load {machine.load_average()}):\n")
+    print(f"\ntraining step alone, interleaved, {len(members)} members x 1 step (lock-step {step + 1}'s batches, member "
+          f"widths {widths_label(shapes[step])}), median of {args.repeats} (load {machine.load_average()}):\n")
     print("| mode | wall s | CPU s | cpu/wall |")
     print("|---|---:|---:|---:|")
     med = {}

@@ -150,6 +150,11 @@ def test_the_automatic_mode_is_one_member_at_a_time_on_cpu_and_a_run_folder_keep
         configs.write(folder, difficulty.CONFIG_FILE, configs.create(
             difficulty.LabelConfig, {"output_dir": str(folder), "sequential": saved}))
         assert mode("cpu", folder) is saved and mode("gpu", folder) is saved
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / difficulty.CONFIG_FILE).write_text("{not json")
+    with pytest.raises(configs.ConfigError, match=r"broken/config.json is not valid JSON"):
+        mode("cpu", broken)
     # End to end on this CPU: the automatic mode trains one member per group and says so in the summary.
     auto = difficulty.label_difficulty(config(workspace, "auto", sequential=None, epochs=1))
     assert auto.summary["sequential"] is True and auto.summary["groups"] == FOLDS * SEEDS
