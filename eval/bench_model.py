@@ -36,6 +36,9 @@ padding: this measures dense compute, not tokenisation or padding handling.
 Timing: compilation (ahead of time) and warm-up calls (oneDNN primitive creation, allocator growth) are
 excluded; JAX outputs are waited for with ``block_until_ready``; all variants are interleaved per configuration
 (rotating which goes first) so that machine noise hits all of them; each variant's time is the median of its runs.
+In every round each variant first makes ``--settle`` untimed calls (default 1), then its timed one, so that what is
+timed is a call after a call of its own, not the first one after another framework's (docs/bench_model.md: on the
+2-core VMs a JAX bf16 call right after torch's calls took up to 2x as long, in kernel time).
 Process CPU time is recorded as well: ``cpu/wall`` near the core count means all cores were busy for that
 variant; well below it means the machine was shared with other work (or the framework left cores idle).
 
@@ -58,7 +61,6 @@ import gc
 import json
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
@@ -104,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed calls per variant before timing, after JAX's ahead-of-time compilation "
                    "(default: 1)")
+    p.add_argument("--settle", type=int, default=1, help=machine.SETTLE_HELP.format(what="call"))
     p.add_argument("--no-xla-default", dest="xla_default_too", action="store_false",
                    help="do not also time the JAX functions (and GEMMs) compiled with XLA's default options "
                    "(saves about a third of the run time)")
@@ -121,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "torch.set_num_threads(N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids and the classifier head")
     args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
-    if args.repeats < 1 or args.warmup < 1 or args.gemm_repeats < 1:
-        p.error("--repeats, --warmup and --gemm-repeats must be at least 1")
+    if args.repeats < 1 or args.warmup < 1 or args.gemm_repeats < 1 or args.settle < 0:
+        p.error("--repeats, --warmup and --gemm-repeats must be at least 1, --settle at least 0")
     if args.gemm_size < 0:
         p.error("--gemm-size must be 0 (automatic) or positive")
     return args
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
     print(f"inputs: random token ids in [1000, vocab), full attention mask, token type 0; float32"
           f"{' and bfloat16' if args.bf16 else ''}; warm-up {args.warmup} call(s) excluded; >= {args.repeats} "
-          f"timed runs each, interleaved, median")
+          f"timed runs each, interleaved, each after {args.settle} untimed call(s) of its own (--settle), median")
     # The benchmark's JAX path is the library's: xla.jit applies xla.compiler_options() itself. Unless
     # --no-xla-default, the same functions are also compiled with XLA's default options (plain jax.jit).
     print(f"JAX path: cascade_jax.xla.jit, compiler options {xla.compiler_options()} (the library's defaults on "
@@ -262,16 +265,10 @@ def main(argv=None) -> int:
                 n = args.repeats
                 while n < 4 * args.repeats and n * slowest < args.min_seconds:
                     n += 1
-                order = list(fns)
-                times = {fw: [] for fw in fns}
-                cpu = {fw: 0.0 for fw in fns}
-                for i in range(n):
-                    k = i % len(order)  # Rotate which variant goes first.
-                    for fw in order[k:] + order[:k]:
-                        wall, c = machine.timed(fns[fw])
-                        times[fw].append(wall)
-                        cpu[fw] += c
-                med = {fw: statistics.median(t) for fw, t in times.items()}
+                timing = machine.interleaved(fns, n, 0, args.settle)  # Warmed up above.
+                times = {fw: r["times"] for fw, r in timing.items()}
+                cpu = {fw: r["cpu"] for fw, r in timing.items()}
+                med = {fw: r["median"] for fw, r in timing.items()}
                 row = dict(model=name, batch=batch_size, length=length, layers=cfg.num_hidden_layers, runs=n,
                            diffs=diffs, compile_s=compile_s, flops=float(flops.bert_flops(cfg, length)))
                 for fw in fns:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import statistics
 import time
 
 
@@ -42,6 +43,40 @@ def info() -> dict:
     """The machine as a JSON-able dict, for benchmarks that write their results to a file."""
     return {"cpu": cpu_model(), "nproc": schedulable_cores(), "cpus_online": os.cpu_count(),
             "platform": platform.platform(), "load": load_average()}
+
+
+SETTLE_HELP = (
+    "untimed calls each variant makes in every round right before its timed {what} (default: 1). On the 2-core VMs "
+    "of docs/, the first JAX call after torch's re-faults memory at a high kernel-time cost (a training step: 0.97 s "
+    "instead of 0.53, 0.8 CPU s of it in the kernel; a bf16 forward: up to 2x), a cost that a loop of one "
+    "framework's calls never pays; 0 times that first call, as sessions up to 12 did")
+
+
+def interleaved(fns: dict, repeats: int, warmup: int, settle: int = 0) -> dict:
+    """Warm each of ``fns`` (name -> no-argument callable) up, then ``repeats`` rounds calling all of them, rotating
+    which goes first, each call timed by :func:`timed`. In every round each runs ``settle`` untimed calls right before
+    its timed one (:data:`SETTLE_HELP`). Per name: ``times`` (wall s per round), ``cpu`` (total process CPU s),
+    ``median``, ``cpu_per_wall``, ``cpu_per_step`` and ``spread`` ((max - min) / median)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    out = {n: {"times": [], "cpu": 0.0} for n in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            for _ in range(settle):
+                fns[n]()
+            wall, cpu = timed(fns[n])
+            out[n]["times"].append(wall)
+            out[n]["cpu"] += cpu
+    for n, r in out.items():
+        r["median"] = statistics.median(r["times"])
+        r["cpu_per_wall"] = r["cpu"] / sum(r["times"])
+        r["cpu_per_step"] = r["cpu"] / repeats
+        r["spread"] = (max(r["times"]) - min(r["times"])) / r["median"]
+    return out
+
 
 
 def timed(fn) -> tuple[float, float]:
@@ -144,8 +179,6 @@ def torch_gemm(dtype: str, n: int, seed: int = 0):
 def gemm_rate(run, n: int, repeats: int = 5) -> dict:
     """FLOP/s of ``run()``, an ``n``-GEMM (:func:`gemm` or :func:`torch_gemm`): median of ``repeats`` timed calls
     after one warm-up call. Returns ``{"n", "seconds" (median), "flops_per_s", "cpu_per_wall"}``."""
-    import statistics
-
     run()
     times, cpu = [], 0.0
     for _ in range(max(1, repeats)):

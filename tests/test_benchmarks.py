@@ -129,3 +129,29 @@ def stacked_batch(plan, member, step):
     from cascade_jax import stacked
 
     return stacked.group_train_batch(plan, [member], step, False)
+
+
+@pytest.mark.parametrize("settle", [0, 2])
+def test_interleaved_rounds_settle_each_variant_before_timing_it(settle, monkeypatch):
+    from eval import machine
+
+    calls: list[str] = []
+    timed: list[int] = []
+    real_timed = machine.timed
+
+    def spy_timed(fn):
+        timed.append(len(calls))  # The position in the log of the call about to be timed.
+        return real_timed(fn)
+
+    monkeypatch.setattr(machine, "timed", spy_timed)  # interleaved() looks it up in the module at call time.
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = machine.interleaved(fns, repeats=4, warmup=1, settle=settle)
+
+    assert calls[:3] == ["a", "b", "c"]  # Warm-up, one each.
+    rounds = calls[3:]
+    assert len(rounds) == 4 * 3 * (settle + 1)
+    assert [len(r["times"]) for r in out.values()] == [4, 4, 4]
+    for i in timed:  # Each timed call comes right after `settle` untimed calls of the same variant.
+        assert calls[i - settle:i + 1] == [calls[i]] * (settle + 1)
+    firsts = [rounds[r * 3 * (settle + 1)] for r in range(4)]
+    assert firsts == ["a", "b", "c", "a"]  # Rotating which goes first.
