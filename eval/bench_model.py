@@ -266,15 +266,12 @@ def main(argv=None) -> int:
                 while n < 4 * args.repeats and n * slowest < args.min_seconds:
                     n += 1
                 timing = machine.interleaved(fns, n, 0, args.settle)  # Warmed up above.
-                times = {fw: r["times"] for fw, r in timing.items()}
-                cpu = {fw: r["cpu"] for fw, r in timing.items()}
-                med = {fw: r["median"] for fw, r in timing.items()}
                 row = dict(model=name, batch=batch_size, length=length, layers=cfg.num_hidden_layers, runs=n,
                            diffs=diffs, compile_s=compile_s, flops=float(flops.bert_flops(cfg, length)))
-                for fw in fns:
-                    row[fw] = batch_size / med[fw]
-                    row[fw + "_util"] = cpu[fw] / sum(times[fw])
-                    row[fw + "_spread"] = (max(times[fw]) - min(times[fw])) / med[fw]
+                for fw, r in timing.items():
+                    row[fw] = batch_size / r["median"]
+                    row[fw + "_util"] = r["cpu_per_wall"]
+                    row[fw + "_spread"] = r["spread"]
                 row["ratio"] = row["jax"] / row["torch"]
                 extra = ""
                 if args.xla_default_too:

@@ -78,7 +78,6 @@ def interleaved(fns: dict, repeats: int, warmup: int, settle: int = 0) -> dict:
     return out
 
 
-
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call of ``fn``."""
     c0, t0 = time.process_time(), time.perf_counter()
