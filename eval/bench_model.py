@@ -68,7 +68,7 @@ import time
 if __package__ in (None, ""):  # `python eval/bench_model.py`: make `cascade_jax` importable from the repo root.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from eval import machine  # noqa: E402
+from eval import machine, workers  # noqa: E402
 
 FP32_TOLERANCE = 1e-3  # |JAX fp32 - torch fp32| logits.
 BF16_TOLERANCE = 0.15  # |any bf16 - torch fp32| logits: bf16 keeps ~3 significant digits.
@@ -107,6 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="untimed calls per variant before timing, after JAX's ahead-of-time compilation "
                    "(default: 1)")
     p.add_argument("--settle", type=int, default=1, help=machine.SETTLE_HELP.format(what="call"))
+    p.add_argument("--in-process", dest="isolate", action="store_false",
+                   help="run every variant in this one process, as sessions up to 13 did, instead of each in a "
+                   "spawned process of its own (the default; docs/bench_model.md: in one process a framework's "
+                   "calls slow the other's by up to 30%% at batch 32)")
     p.add_argument("--no-xla-default", dest="xla_default_too", action="store_false",
                    help="do not also time the JAX functions (and GEMMs) compiled with XLA's default options "
                    "(saves about a third of the run time)")
@@ -141,6 +145,147 @@ def fraction_row(rows: list[dict]) -> tuple[dict, bool]:
     return row, row["model"] == want["model"] and row["batch"] == want["batch"]
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# The variants, as eval.workers factories: each loads its framework and model, and makes one forward call per
+# configuration (the token ids of one batch). With --in-process they all live in this process.
+
+
+def jax_forward(model: str, seed: int, bf16: bool = False, xla_default: bool = False):
+    """``make(ids) -> (call, {"compile_s"})``: the library's inference path, ``xla.jit(models.logits_fn(module))``
+    (plain ``jax.jit`` with ``xla_default``), in float32 or bfloat16 (bf16 weights and activations)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cascade_jax import models, xla
+
+    jax.config.update("jax_platforms", "cpu")
+    if bf16:
+        module, params = models.from_pretrained(model, num_labels=2, dtype=jnp.bfloat16, seed=seed)
+        params = models.cast_params(params, jnp.bfloat16)
+    else:
+        module, params = models.from_pretrained(model, num_labels=2, seed=seed)
+    fn = (jax.jit if xla_default else xla.jit)(models.logits_fn(module))
+
+    def make(ids):
+        batch = jax.device_put({"input_ids": ids.astype(np.int32), "attention_mask": np.ones(ids.shape, np.int32),
+                                "token_type_ids": np.zeros(ids.shape, np.int32)})
+        t0 = time.perf_counter()
+        compiled = fn.lower(params, batch).compile()  # Compilation, excluded from timing.
+        return (lambda: compiled(params, batch).block_until_ready()), {"compile_s": time.perf_counter() - t0}
+
+    return make
+
+
+def torch_forward(model_dir: str, kind: str = "fp32", threads: int | None = None):
+    """``make(ids) -> (call, {"attention"})``: ``BertForSequenceClassification`` in eval mode under
+    ``torch.inference_mode()``; ``kind`` "fp32", "bf16" (``.to(torch.bfloat16)``) or "autocast" (float32 weights
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``)."""
+    import torch
+    import transformers
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    model = transformers.BertForSequenceClassification.from_pretrained(model_dir).eval()
+    if kind == "bf16":
+        model = model.to(torch.bfloat16)
+    autocast = kind == "autocast"
+
+    def make(ids):
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.ones(ids.shape, dtype=torch.long),
+                 "token_type_ids": torch.zeros(ids.shape, dtype=torch.long)}
+
+        def call():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return model(**batch).logits
+
+        return call, {"attention": getattr(model.config, "_attn_implementation", "?")}
+
+    return make
+
+
+def variant_specs(args, name: str, model_dir: str) -> dict:
+    """``{variant: (factory, kwargs)}`` of the variants this run times for model ``name``."""
+    jax_f, torch_f = "eval.bench_model:jax_forward", "eval.bench_model:torch_forward"
+    specs = {"jax": (jax_f, dict(model=name, seed=args.seed))}
+    if args.xla_default_too:
+        specs["jax-xla-default"] = (jax_f, dict(model=name, seed=args.seed, xla_default=True))
+    if args.bf16:
+        specs["jax-bf16"] = (jax_f, dict(model=name, seed=args.seed, bf16=True))
+        if args.xla_default_too:
+            specs["jax-bf16-xla-default"] = (jax_f, dict(model=name, seed=args.seed, bf16=True, xla_default=True))
+    specs["torch"] = (torch_f, dict(model_dir=model_dir, threads=args.threads))
+    if args.bf16:
+        specs["torch-bf16"] = (torch_f, dict(model_dir=model_dir, kind="bf16", threads=args.threads))
+        specs["torch-autocast"] = (torch_f, dict(model_dir=model_dir, kind="autocast", threads=args.threads))
+    return specs
+
+
+def time_configuration(args, name: str, cfg, variants: dict, ids, first: bool) -> dict:
+    """Make every variant's call for the batch ``ids``, warm up, check the logits against torch float32, time the
+    variants interleaved; print the configuration's lines and return its row."""
+    import numpy as np
+
+    from cascade_jax import flops
+
+    batch_size, length = ids.shape
+    infos = {v: w.make(ids=ids) for v, w in variants.items()}
+    compile_s = {v: info["compile_s"] for v, info in infos.items() if "compile_s" in info}
+    if first:
+        print(f"  torch attention implementation: {infos['torch']['attention']}", flush=True)
+    gc.collect()
+    outputs, slowest = {}, 0.0
+    for v, w in variants.items():  # Warm-up, untimed; the last outputs are compared.
+        for _ in range(args.warmup):
+            t0 = time.perf_counter()
+            outputs[v] = w.run(1, keep=True)
+            slowest = max(slowest, time.perf_counter() - t0)
+    diffs = {v: float(np.max(np.abs(outputs[v] - outputs["torch"]))) for v in variants if v != "torch"}
+    for v, d in diffs.items():
+        tol = FP32_TOLERANCE if v in FP32_JAX else BF16_TOLERANCE
+        if not d < tol:
+            raise SystemExit(f"{name} b={batch_size} l={length}: {v} logits differ from torch float32 by {d} "
+                             f"(tolerance {tol})")
+
+    n = args.repeats
+    while n < 4 * args.repeats and n * slowest < args.min_seconds:
+        n += 1
+    timing = machine.interleaved(variants, n, 0, args.settle)  # Warmed up above.
+    row = dict(model=name, batch=batch_size, length=length, layers=cfg.num_hidden_layers, runs=n, diffs=diffs,
+               compile_s=compile_s, flops=float(flops.bert_flops(cfg, length)))
+    for v, r in timing.items():
+        row[v] = batch_size / r["median"]
+        row[v + "_util"] = r["cpu_per_wall"]
+        row[v + "_spread"] = r["spread"]
+    row["ratio"] = row["jax"] / row["torch"]
+    extra = ""
+    if args.xla_default_too:
+        row["ratio_default"] = row["jax-xla-default"] / row["torch"]
+        extra = f"  [jax XLA defaults {row['jax-xla-default']:.1f} ex/s, ratio {row['ratio_default']:.2f}]"
+    print(f"  b={batch_size:<4d} l={length:<4d} fp32 jax {row['jax']:8.1f} ex/s  torch {row['torch']:8.1f} "
+          f"ex/s  ratio {row['ratio']:.2f}{extra}  ({n} runs, compile {compile_s['jax']:.1f}s, "
+          f"|dlogits| {diffs['jax']:.1e}); {row['jax'] * row['flops'] / 1e9:.1f} GFLOP/s", flush=True)
+    if args.bf16:
+        row["torch_bf16_ref"] = max(BF16_TORCH, key=lambda v: row[v])
+        ref = row[row["torch_bf16_ref"]]
+        row["ratio_bf16"] = row["jax-bf16"] / ref
+        row["bf16_over_fp32"] = row["jax-bf16"] / row["jax"]
+        extra = ""
+        if args.xla_default_too:
+            row["ratio_bf16_default"] = row["jax-bf16-xla-default"] / ref
+            extra = (f"  [jax XLA defaults {row['jax-bf16-xla-default']:.1f} ex/s, ratio "
+                     f"{row['ratio_bf16_default']:.2f}]")
+        print(f"  {'':<13} bf16 jax {row['jax-bf16']:8.1f} ex/s ({row['bf16_over_fp32']:.2f}x fp32)  "
+              f"torch bf16 weights {row['torch-bf16']:.1f}, autocast {row['torch-autocast']:.1f} ex/s  "
+              f"ratio {row['ratio_bf16']:.2f} (vs {row['torch_bf16_ref']}){extra}  |dlogits| vs torch "
+              f"fp32: " + ", ".join(f"{v} {diffs[v]:.1e}" for v in BF16_JAX + BF16_TORCH if v in diffs)
+              + f"; {row['jax-bf16'] * row['flops'] / 1e9:.1f} GFLOP/s", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -162,7 +307,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from cascade_jax import flops, models, xla
+    from cascade_jax import models, xla
 
     jax.config.update("jax_platforms", "cpu")
     if args.threads is not None:
@@ -179,7 +324,8 @@ def main(argv=None) -> int:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
     print(f"inputs: random token ids in [1000, vocab), full attention mask, token type 0; float32"
           f"{' and bfloat16' if args.bf16 else ''}; warm-up {args.warmup} call(s) excluded; >= {args.repeats} "
-          f"timed runs each, interleaved, each after {args.settle} untimed call(s) of its own (--settle), median")
+          f"timed runs each, interleaved, each after {args.settle} untimed call(s) of its own (--settle), median; "
+          + ("each variant in a process of its own" if args.isolate else "all variants in this process (--in-process)"))
     # The benchmark's JAX path is the library's: xla.jit applies xla.compiler_options() itself. Unless
     # --no-xla-default, the same functions are also compiled with XLA's default options (plain jax.jit).
     print(f"JAX path: cascade_jax.xla.jit, compiler options {xla.compiler_options()} (the library's defaults on "
@@ -199,103 +345,25 @@ def main(argv=None) -> int:
 
     rows = []
     rng = np.random.default_rng(args.seed)
+    where = workers.Spawned if args.isolate else workers.Runner
     for name in args.models:
         module, params = models.from_pretrained(name, num_labels=2, seed=args.seed)
-        variants = {"jax": (xla.jit(models.logits_fn(module)), params)}
-        if args.xla_default_too:
-            variants["jax-xla-default"] = (jax.jit(models.logits_fn(module)), params)
-        if args.bf16:
-            module_bf16, params_bf16 = models.from_pretrained(name, num_labels=2, dtype=jnp.bfloat16, seed=args.seed)
-            params_bf16 = models.cast_params(params_bf16, jnp.bfloat16)
-            variants["jax-bf16"] = (xla.jit(models.logits_fn(module_bf16)), params_bf16)
-            if args.xla_default_too:
-                variants["jax-bf16-xla-default"] = (jax.jit(models.logits_fn(module_bf16)), params_bf16)
-        with tempfile.TemporaryDirectory() as tmp:
-            models.save_pretrained(module, params, tmp)
-            torch_model = transformers.BertForSequenceClassification.from_pretrained(tmp).eval()
-            torch_bf16 = (transformers.BertForSequenceClassification.from_pretrained(tmp).eval().to(torch.bfloat16)
-                          if args.bf16 else None)
-        attn_impl = getattr(torch_model.config, "_attn_implementation", "?")
         cfg = module.config
-        print(f"\n{name}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads; "
-              f"torch attention implementation: {attn_impl}", flush=True)
-
-        for batch_size in args.batch_sizes:
-            for length in args.lengths:
-                ids = rng.integers(1000, cfg.vocab_size, size=(batch_size, length), dtype=np.int64)
-                mask = np.ones_like(ids)
-                types = np.zeros_like(ids)
-                jax_batch = jax.device_put({"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32),
-                                            "token_type_ids": types.astype(np.int32)})
-                torch_batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                               "token_type_ids": torch.from_numpy(types)}
-
-                fns, compile_s = {}, {}
-                for v, (fn, p) in variants.items():
-                    t0 = time.perf_counter()
-                    compiled = fn.lower(p, jax_batch).compile()  # Compilation, excluded from timing.
-                    compile_s[v] = time.perf_counter() - t0
-                    fns[v] = lambda compiled=compiled, p=p: compiled(p, jax_batch).block_until_ready()
-
-                def run_torch(model=torch_model, autocast=False):
-                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                        return model(**torch_batch).logits
-
-                fns["torch"] = run_torch
-                if args.bf16:
-                    fns["torch-bf16"] = lambda: run_torch(torch_bf16)
-                    fns["torch-autocast"] = lambda: run_torch(autocast=True)
-
-                gc.collect()
-                outputs, slowest = {}, 0.0
-                for fw, fn in fns.items():  # Warm-up, untimed; the last outputs are compared.
-                    for _ in range(args.warmup):
-                        t0 = time.perf_counter()
-                        out = fn()
-                        outputs[fw] = (out.float().numpy() if isinstance(out, torch.Tensor)
-                                       else np.asarray(out, np.float32))
-                        slowest = max(slowest, time.perf_counter() - t0)
-                diffs = {fw: float(np.max(np.abs(outputs[fw] - outputs["torch"]))) for fw in fns if fw != "torch"}
-                for fw, d in diffs.items():
-                    tol = FP32_TOLERANCE if fw in FP32_JAX else BF16_TOLERANCE
-                    if not d < tol:
-                        raise SystemExit(f"{name} b={batch_size} l={length}: {fw} logits differ from torch float32 "
-                                         f"by {d} (tolerance {tol})")
-
-                n = args.repeats
-                while n < 4 * args.repeats and n * slowest < args.min_seconds:
-                    n += 1
-                timing = machine.interleaved(fns, n, 0, args.settle)  # Warmed up above.
-                row = dict(model=name, batch=batch_size, length=length, layers=cfg.num_hidden_layers, runs=n,
-                           diffs=diffs, compile_s=compile_s, flops=float(flops.bert_flops(cfg, length)))
-                for fw, r in timing.items():
-                    row[fw] = batch_size / r["median"]
-                    row[fw + "_util"] = r["cpu_per_wall"]
-                    row[fw + "_spread"] = r["spread"]
-                row["ratio"] = row["jax"] / row["torch"]
-                extra = ""
-                if args.xla_default_too:
-                    row["ratio_default"] = row["jax-xla-default"] / row["torch"]
-                    extra = f"  [jax XLA defaults {row['jax-xla-default']:.1f} ex/s, ratio {row['ratio_default']:.2f}]"
-                rows.append(row)
-                print(f"  b={batch_size:<4d} l={length:<4d} fp32 jax {row['jax']:8.1f} ex/s  torch {row['torch']:8.1f} "
-                      f"ex/s  ratio {row['ratio']:.2f}{extra}  ({n} runs, compile {compile_s['jax']:.1f}s, "
-                      f"|dlogits| {diffs['jax']:.1e}); {row['jax'] * row['flops'] / 1e9:.1f} GFLOP/s", flush=True)
-                if args.bf16:
-                    row["torch_bf16_ref"] = max(BF16_TORCH, key=lambda fw: row[fw])
-                    ref = row[row["torch_bf16_ref"]]
-                    row["ratio_bf16"] = row["jax-bf16"] / ref
-                    row["bf16_over_fp32"] = row["jax-bf16"] / row["jax"]
-                    extra = ""
-                    if args.xla_default_too:
-                        row["ratio_bf16_default"] = row["jax-bf16-xla-default"] / ref
-                        extra = (f"  [jax XLA defaults {row['jax-bf16-xla-default']:.1f} ex/s, ratio "
-                                 f"{row['ratio_bf16_default']:.2f}]")
-                    print(f"  {'':<13} bf16 jax {row['jax-bf16']:8.1f} ex/s ({row['bf16_over_fp32']:.2f}x fp32)  "
-                          f"torch bf16 weights {row['torch-bf16']:.1f}, autocast {row['torch-autocast']:.1f} ex/s  "
-                          f"ratio {row['ratio_bf16']:.2f} (vs {row['torch_bf16_ref']}){extra}  |dlogits| vs torch "
-                          f"fp32: " + ", ".join(f"{fw} {diffs[fw]:.1e}" for fw in BF16_JAX + BF16_TORCH if fw in diffs)
-                          + f"; {row['jax-bf16'] * row['flops'] / 1e9:.1f} GFLOP/s", flush=True)
+        print(f"\n{name}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads",
+              flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            models.save_pretrained(module, params, tmp)  # The torch variants read exactly our weights.
+            variants = {v: where(factory, label=f"{name} {v}", **kw)
+                        for v, (factory, kw) in variant_specs(args, name, tmp).items()}
+            try:
+                for batch_size in args.batch_sizes:
+                    for length in args.lengths:
+                        ids = rng.integers(1000, cfg.vocab_size, size=(batch_size, length), dtype=np.int64)
+                        rows.append(time_configuration(args, name, cfg, variants, ids, first=not rows or
+                                                       rows[-1]["model"] != name))
+            finally:
+                for v in variants.values():
+                    v.close()
 
     gemms["end"] = machine.gemm_rates(gemm_dtypes, sizes, gemm_jits, True, args.gemm_repeats)
     best = machine.best_gemm(gemms)  # dtype -> (flops/s, where): the best median of start/end x ways.

@@ -53,21 +53,22 @@ SETTLE_HELP = (
 
 
 def interleaved(fns: dict, repeats: int, warmup: int, settle: int = 0) -> dict:
-    """Warm each of ``fns`` (name -> no-argument callable) up, then ``repeats`` rounds calling all of them, rotating
+    """Warm each of ``fns`` (name -> a no-argument callable, or a variant of ``eval.workers``, which may live in a
+    process of its own and times its calls there) up, then ``repeats`` rounds calling all of them, rotating
     which goes first, each call timed by :func:`timed`. In every round each runs ``settle`` untimed calls right before
     its timed one (:data:`SETTLE_HELP`). Per name: ``times`` (wall s per round), ``cpu`` (total process CPU s),
     ``median``, ``cpu_per_wall``, ``cpu_per_step`` and ``spread`` ((max - min) / median)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names = list(fns)
+    from eval.workers import Runner
+
+    variants = {n: Runner(fn=v) if callable(v) else v for n, v in fns.items()}
+    for v in variants.values():
+        v.run(warmup)
+    names = list(variants)
     out = {n: {"times": [], "cpu": 0.0} for n in names}
     for i in range(repeats):
         k = i % len(names)
         for n in names[k:] + names[:k]:
-            for _ in range(settle):
-                fns[n]()
-            wall, cpu = timed(fns[n])
+            wall, cpu = variants[n].timed(settle)
             out[n]["times"].append(wall)
             out[n]["cpu"] += cpu
     for n, r in out.items():
