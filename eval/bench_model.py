@@ -33,6 +33,12 @@ work not counted), printed with its fraction of the GEMM rate of its dtype.
 Inputs are random token ids (never special tokens) with a full attention mask and token type 0, so there is no
 padding: this measures dense compute, not tokenisation or padding handling.
 
+Each variant runs in a spawned process of its own (``eval/workers.py``), which loads its framework and model and
+makes, per configuration, its forward call on the batch the benchmark sends it; the benchmark drives the processes
+in turn. ``--in-process`` runs them all in this one process instead, as sessions up to 13 did: there a framework's
+calls right after the other's re-fault the memory the other gave back (docs/bench_model.md, session 13: our fp32 at
+batch 32 up to ~30% slower than alone), which neither framework's own users pay.
+
 Timing: compilation (ahead of time) and warm-up calls (oneDNN primitive creation, allocator growth) are
 excluded; JAX outputs are waited for with ``block_until_ready``; all variants are interleaved per configuration
 (rotating which goes first) so that machine noise hits all of them; each variant's time is the median of its runs.

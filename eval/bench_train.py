@@ -27,6 +27,10 @@ full attention mask, token type 0, random labels and difficulty):
    batch (the largest of ``--lengths``). Forced host devices are threads of one process sharing this machine's
    cores: this measures the overhead of splitting a step over devices, not scaling.
 
+Part 1 runs each step (JAX, JAX variants, torch) in a spawned process of its own (``eval/workers.py``; ``--in-process``
+keeps them all in this one): in one process, a framework's first step after the other's re-faults memory the other
+gave back, which a training loop of one framework never pays (docs/bench_train.md). Parts 2 and 3 time JAX alone.
+
 Timing: compilation (ahead of time) and warm-up steps are excluded; JAX results are waited for with
 ``block_until_ready`` (torch is synchronous); frameworks/variants are interleaved per round, rotating which goes
 first, so machine noise hits all of them; each time is the median over rounds. In every round each variant first
@@ -63,7 +67,7 @@ import time
 if __package__ in (None, ""):  # `python eval/bench_train.py`: make `cascade_jax` importable from the repo root.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from eval import machine  # noqa: E402
+from eval import machine, workers  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -94,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device-repeats", type=int, default=5, help="timed steps per device count (default: 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing, after compilation (default: 2)")
     p.add_argument("--settle", type=int, default=1, help=machine.SETTLE_HELP.format(what="step"))
+    p.add_argument("--in-process", dest="isolate", action="store_false",
+                   help="run part 1's steps (JAX and torch) all in this one process, as sessions up to 13 did, "
+                   "instead of each in a spawned process of its own (the default: docs/bench_train.md)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads(N) for part 1 (default: torch's own choice, one per core)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
@@ -200,6 +207,73 @@ def torch_step(model_dir: str, batch: dict, seed: int = 0):
     return run, getattr(model.config, "_attn_implementation", "?")
 
 
+def train_variant(kind: str, model: str, batch_size: int, seed: int, model_dir: str | None = None,
+                  torch_threads: int | None = None):
+    """An ``eval.workers`` factory of part 1: ``make(length) -> (one training step, info)`` for ``kind`` "jax" (the
+    library's step), "jax ynn-off" (YNNPACK fusions off), "jax bf16" (mixed precision) or "torch" (reads
+    ``model_dir``)."""
+    if kind == "torch":
+        import torch
+
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+
+        def make_torch(length):
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            vocab = transformers.AutoConfig.from_pretrained(model_dir).vocab_size
+            run, attn = torch_step(model_dir, random_batch(batch_size, length, vocab, seed), seed)
+            return run, {"attention": attn}
+
+        return make_torch
+
+    import jax
+    import jax.numpy as jnp
+
+    from cascade_jax import models, parallel
+
+    jax.config.update("jax_platforms", "cpu")
+    module, params = models.from_pretrained(model, num_labels=2, seed=seed)
+    if kind == "jax bf16":  # Mixed precision: the same float32 parameters, bf16 compute.
+        module = models.BertForSequenceClassification(module.config, dtype=jnp.bfloat16)
+    elif kind not in ("jax", "jax ynn-off"):
+        raise ValueError(f"unknown training-step variant {kind!r}")
+    dp = parallel.DataParallel("shard_map", parallel.data_mesh(jax.devices()[:1]))
+
+    def make_jax(length):
+        batch = random_batch(batch_size, length, module.config.vocab_size, seed)
+        run, compile_s = jax_step(module, params, batch, dp, "ce", YNN_OFF if kind == "jax ynn-off" else None, seed)
+        return run, {"compile_s": compile_s}
+
+    return make_jax
+
+
+def time_steps(args, cfg, fns: dict, length: int) -> dict:
+    """Part 1 at one length: make every variant's step (``eval.workers`` variants), one untimed step each (the
+    first losses, printed), then interleaved rounds. Returns the shape's results."""
+    from cascade_jax import flops
+
+    infos = {k: f.make(length=length) for k, f in fns.items()}
+    compile_s = {k: info["compile_s"] for k, info in infos.items() if "compile_s" in info}
+    first = {k: float(f.run(1, keep=True)) for k, f in fns.items()}  # Losses should agree roughly.
+    print(f"  batch {args.batch_size} x length {length}: first-step losses: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
+          + f"; torch attention: {infos['torch']['attention']}; compile: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()), flush=True)
+    # The step above was the first warm-up step.
+    part1 = machine.interleaved(fns, args.repeats, args.warmup - 1, args.settle)
+    step_flops = TRAIN_FLOPS_PER_FORWARD * float(flops.bert_flops(cfg, length)) * args.batch_size
+    for k, r in part1.items():
+        r["examples_per_s"] = args.batch_size / r["median"]
+        r["flops_per_s"] = step_flops / r["median"]
+    ratio = part1["jax"]["examples_per_s"] / part1["torch"]["examples_per_s"]
+    print(f"    jax {part1['jax']['examples_per_s']:.1f} ex/s, torch {part1['torch']['examples_per_s']:.1f} "
+          f"ex/s, ratio {ratio:.2f}; jax {part1['jax']['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+    return {"length": length, "rows": part1, "compile_s": compile_s, "first_loss": first, "step_flops": step_flops,
+            "ratio": ratio}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Part 3's subprocess: the CE step over every (forced) device of this process.
 
@@ -261,7 +335,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from cascade_jax import flops, models, parallel, xla
+    from cascade_jax import models, parallel, xla
 
     jax.config.update("jax_platforms", "cpu")
     started = time.perf_counter()
@@ -284,7 +358,9 @@ def main(argv=None) -> int:
     print(f"\nmodel {args.model}, batch {args.batch_size}, lengths {' '.join(map(str, args.lengths))} (parts 2 and "
           f"3: {args.length}), float32, dropout on; warm-up "
           f"{args.warmup} step(s) excluded; medians of interleaved rounds, each timed step after {args.settle} untimed "
-          f"step(s) of its own (--settle)", flush=True)
+          f"step(s) of its own (--settle); part 1: "
+          + ("each step in a process of its own" if args.isolate else "all steps in this process (--in-process)"),
+          flush=True)
 
     module, params = models.from_pretrained(args.model, num_labels=2, seed=args.seed)
     cfg = module.config
@@ -303,37 +379,19 @@ def main(argv=None) -> int:
         print("  fp32 GEMM at start: " + ", ".join(f"{w} {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
                                                   for w, r in gemms["start"]["fp32"].items()), flush=True)
         shapes = []
-        for length in args.lengths:
-            shape_batch = random_batch(args.batch_size, length, cfg.vocab_size, args.seed)
-            fns, compile_s = {}, {}
-            fns["jax"], compile_s["jax"] = jax_step(module, params, shape_batch, dp, "ce", seed=args.seed)
-            if args.ynn_off:
-                fns["jax ynn-off"], compile_s["jax ynn-off"] = jax_step(module, params, shape_batch, dp, "ce",
-                                                                        YNN_OFF, seed=args.seed)
-            if args.bf16:  # Mixed precision: the same float32 parameters, bf16 compute.
-                module_bf16 = models.BertForSequenceClassification(cfg, dtype=jnp.bfloat16)
-                fns["jax bf16"], compile_s["jax bf16"] = jax_step(module_bf16, params, shape_batch, dp, "ce",
-                                                                  seed=args.seed)
-            with tempfile.TemporaryDirectory() as tmp:
-                models.save_pretrained(module, params, tmp)
-                fns["torch"], attn = torch_step(tmp, shape_batch, args.seed)
-            first = {k: float(fn()) for k, fn in fns.items()}  # One untimed step each; losses should agree roughly.
-            print(f"  batch {args.batch_size} x length {length}: first-step losses: "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in first.items())
-                  + f"; torch attention: {attn}; compile: " + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()),
-                  flush=True)
-            # The step above was the first warm-up step.
-            part1 = machine.interleaved(fns, args.repeats, args.warmup - 1, args.settle)
-            step_flops = TRAIN_FLOPS_PER_FORWARD * float(flops.bert_flops(cfg, length)) * args.batch_size
-            for k, r in part1.items():
-                r["examples_per_s"] = args.batch_size / r["median"]
-                r["flops_per_s"] = step_flops / r["median"]
-            ratio = part1["jax"]["examples_per_s"] / part1["torch"]["examples_per_s"]
-            print(f"    jax {part1['jax']['examples_per_s']:.1f} ex/s, torch {part1['torch']['examples_per_s']:.1f} "
-                  f"ex/s, ratio {ratio:.2f}; jax {part1['jax']['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-            shapes.append({"length": length, "rows": part1, "compile_s": compile_s, "first_loss": first,
-                           "step_flops": step_flops, "ratio": ratio})
-            del fns
+        kinds = ["jax"] + (["jax ynn-off"] if args.ynn_off else []) + (["jax bf16"] if args.bf16 else []) + ["torch"]
+        where = workers.Spawned if args.isolate else workers.Runner
+        with tempfile.TemporaryDirectory() as tmp:
+            models.save_pretrained(module, params, tmp)  # The torch step reads exactly our weights.
+            fns = {k: where("eval.bench_train:train_variant", label=k, kind=k, model=args.model,
+                            batch_size=args.batch_size, seed=args.seed, model_dir=tmp,
+                            torch_threads=args.torch_threads) for k in kinds}
+            try:
+                for length in args.lengths:
+                    shapes.append(time_steps(args, cfg, fns, length))
+            finally:
+                for f in fns.values():
+                    f.close()
         gemms["end"] = machine.gemm_rates({"fp32": jnp.float32}, gemm_n, gemm_ways, True, args.gemm_repeats)
         results["jax_vs_torch"] = {"shapes": shapes, "gemm": gemms, "gemm_best": machine.best_gemm(gemms)}
 
