@@ -5,14 +5,14 @@
 #   eval/bench_all.sh [OUT_DIR]        default OUT_DIR: /tmp/cascade_jax_bench
 #
 # Runs from the repository root whatever the current folder. Interpreter: $PYTHON if set, else .venv/bin/python
-# (what `./run setup` builds). About 6 minutes on 2 idle CPU cores (estimated from the full runs in docs/bench_*.md:
-# bench_model ~2.5 min, bench_train ~1.3, bench_difficulty ~1.1, bench_cascade ~1.2); less on a bigger machine.
+# (what `./run setup` builds). About 5 minutes on 2 idle CPU cores (docs/bench_short.md); less on a bigger machine.
+# bench_model and bench_train run each framework's variants in spawned processes of their own (eval/workers.py).
 # The benchmarks time JAX on the CPU (they pin jax_platforms=cpu, as the comparisons with PyTorch are on the CPU).
 # A benchmark that fails does not stop the others; the exit status is then 1.
 #
 # Shortened settings (see each benchmark's --help and docs/bench_*.md for the full runs):
-#   bench_model       minilm-l6, batch 256, length 128 only, 2 timed runs (fp32 and bf16, library and XLA defaults)
-#   bench_train       its default shapes (batch 32 x length 32 and 64; fp32 and bf16), 2 rounds, DAR 3 rounds, no forced-device part
+#   bench_model       minilm-l6, batch 256, length 64 only, 2 timed runs (fp32 and bf16, library defaults only)
+#   bench_train       batch 32 x length 64 (fp32 and bf16; not the YNN-off variant), 2 rounds, DAR 3 rounds, no forced-device part
 #   bench_difficulty  64 examples, K=2 x S=2, max length 32, 1 step-only repeat
 #   bench_cascade     batch 64 only, 1 timed run, the first 400 dev sentences
 set -uo pipefail
@@ -55,8 +55,10 @@ bench() {  # bench NAME ARGS...: python -m eval.NAME ARGS, stdout to OUT/NAME.tx
 }
 
 start=$SECONDS
-bench bench_model --models minilm-l6 --batch-sizes 256 --lengths 128 --repeats 2 --min-seconds 0 --gemm-repeats 3
-bench bench_train --repeats 2 --dar-repeats 3 --warmup 1 --skip devices --gemm-repeats 3 --json "$OUT/bench_train.json"
+bench bench_model --models minilm-l6 --batch-sizes 256 --lengths 64 --repeats 2 --min-seconds 0 --gemm-repeats 3 \
+  --no-xla-default
+bench bench_train --lengths 64 --no-ynn-off --repeats 2 --dar-repeats 3 --warmup 1 --skip devices --gemm-repeats 3 \
+  --json "$OUT/bench_train.json"
 bench bench_difficulty --subset 64 --folds 2 --seeds 2 --max-length 32 --batch-size 16 --repeats 1
 bench bench_cascade --batch-sizes 64 --repeats 1 --examples 400
 
