@@ -34,8 +34,8 @@ LAST_LINE = {
 ALSO_PRINTED = {
     "eval.bench_difficulty": ["| mode | end to end | compile | in training | in prediction | elsewhere | "
                               "training steps | prediction | rest |", "token positions a training run computes"],
-    "eval.bench_model": ["GEMM [n, n] @ [n, n]", "Achieved GFLOP/s"],
-    "eval.bench_train": ["fp32 GEMM [n, n] @ [n, n]"],
+    "eval.bench_model": ["GEMM [n, n] @ [n, n]", "Achieved GFLOP/s", "each variant in a process of its own"],
+    "eval.bench_train": ["fp32 GEMM [n, n] @ [n, n]", "part 1: each step in a process of its own"],
 }
 BENCH_ALL = REPO / "eval" / "bench_all.sh"
 
@@ -77,6 +77,25 @@ def test_smoke(module):
     assert lines[-1].startswith(LAST_LINE[module] + ": "), lines[-1]
     for text in ALSO_PRINTED.get(module, []):
         assert text in proc.stdout, f"{module} --smoke printed no {text!r}"
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("module, args, protocol", [
+    ("eval.bench_model", ["--no-bf16", "--no-xla-default"], "all variants in this process (--in-process)"),
+    ("eval.bench_train", ["--skip", "devices", "--no-bf16", "--no-ynn-off"], "all steps in this process (--in-process)"),
+])
+def test_smoke_in_process(module, args, protocol):
+    """``--in-process`` (every variant in the benchmark's own process, sessions up to 13) still runs end to end."""
+    proc = run(module, "--smoke", "--in-process", *args)
+    assert proc.returncode == 0, f"{module} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert protocol in proc.stdout
+    assert lines_end_with_summary(proc.stdout.splitlines(), module)
+
+
+def lines_end_with_summary(lines: list[str], module: str) -> bool:
+    summary_value(lines[-40:], SUMMARIES[module][0])
+    return lines[-1].startswith(LAST_LINE[module] + ": ")
 
 
 def test_bench_all_script():
