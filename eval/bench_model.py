@@ -259,7 +259,7 @@ def time_configuration(args, name: str, cfg, variants: dict, ids, first: bool) -
     n = args.repeats
     while n < 4 * args.repeats and n * slowest < args.min_seconds:
         n += 1
-    timing = machine.interleaved(variants, n, 0, args.settle)  # Warmed up above.
+    timing = workers.interleaved(variants, n, 0, args.settle)  # Warmed up above.
     row = dict(model=name, batch=batch_size, length=length, layers=cfg.num_hidden_layers, runs=n, diffs=diffs,
                compile_s=compile_s, flops=float(flops.bert_flops(cfg, length)))
     for v, r in timing.items():

@@ -262,7 +262,7 @@ def time_steps(args, cfg, fns: dict, length: int) -> dict:
           + f"; torch attention: {infos['torch']['attention']}; compile: "
           + ", ".join(f"{k} {v:.1f}s" for k, v in compile_s.items()), flush=True)
     # The step above was the first warm-up step.
-    part1 = machine.interleaved(fns, args.repeats, args.warmup - 1, args.settle)
+    part1 = workers.interleaved(fns, args.repeats, args.warmup - 1, args.settle)
     step_flops = TRAIN_FLOPS_PER_FORWARD * float(flops.bert_flops(cfg, length)) * args.batch_size
     for k, r in part1.items():
         r["examples_per_s"] = args.batch_size / r["median"]
@@ -291,7 +291,7 @@ def device_worker(args) -> int:
     batch = random_batch(args.batch_size, args.length, module.config.vocab_size, args.seed)
     dp = parallel.DataParallel("shard_map", parallel.data_mesh(jax.devices()))
     run, compile_s = jax_step(module, params, batch, dp, "ce", seed=args.seed)
-    r = machine.interleaved({"step": run}, args.device_repeats, args.warmup)["step"]
+    r = workers.interleaved({"step": run}, args.device_repeats, args.warmup)["step"]
     keep = ("times", "median", "cpu_per_wall", "cpu_per_step", "spread")
     print(json.dumps({"devices": n, "compile_s": compile_s, **{k: r[k] for k in keep}}))
     return 0
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
         fns = {}
         for kind in ("ce", "dar"):
             fns[kind], _ = jax_step(module, params, batch, dp, kind, seed=args.seed)
-        part2 = machine.interleaved(fns, args.dar_repeats, args.warmup, args.settle)
+        part2 = workers.interleaved(fns, args.dar_repeats, args.warmup, args.settle)
         rounds = [d / c for c, d in zip(part2["ce"]["times"], part2["dar"]["times"])]
         results["dar_vs_ce"] = {"rows": part2, "ratio": part2["dar"]["median"] / part2["ce"]["median"],
                                 "paired_ratio_median": statistics.median(rounds)}

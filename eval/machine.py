@@ -52,33 +52,6 @@ SETTLE_HELP = (
     "framework's calls never pays; 0 times that first call, as sessions up to 12 did")
 
 
-def interleaved(fns: dict, repeats: int, warmup: int, settle: int = 0) -> dict:
-    """Warm each of ``fns`` (name -> a no-argument callable, or a variant of ``eval.workers``, which may live in a
-    process of its own and times its calls there) up, then ``repeats`` rounds calling all of them, rotating
-    which goes first, each call timed by :func:`timed`. In every round each runs ``settle`` untimed calls right before
-    its timed one (:data:`SETTLE_HELP`). Per name: ``times`` (wall s per round), ``cpu`` (total process CPU s),
-    ``median``, ``cpu_per_wall``, ``cpu_per_step`` and ``spread`` ((max - min) / median)."""
-    from eval.workers import Runner
-
-    variants = {n: Runner(fn=v) if callable(v) else v for n, v in fns.items()}
-    for v in variants.values():
-        v.run(warmup)
-    names = list(variants)
-    out = {n: {"times": [], "cpu": 0.0} for n in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for n in names[k:] + names[:k]:
-            wall, cpu = variants[n].timed(settle)
-            out[n]["times"].append(wall)
-            out[n]["cpu"] += cpu
-    for n, r in out.items():
-        r["median"] = statistics.median(r["times"])
-        r["cpu_per_wall"] = r["cpu"] / sum(r["times"])
-        r["cpu_per_step"] = r["cpu"] / repeats
-        r["spread"] = (max(r["times"]) - min(r["times"])) / r["median"]
-    return out
-
-
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call of ``fn``."""
     c0, t0 = time.process_time(), time.perf_counter()

@@ -6,7 +6,7 @@ A variant is built by a *factory*, named ``"module:function"`` so that a fresh p
 call to time and ``info`` a JSON-able dict (e.g. compile seconds). :class:`Runner` does this in the calling process,
 :class:`Spawned` in a spawned Python process that it drives over a pipe; both offer ``make``, ``run`` (untimed
 calls, optionally returning the last output as a float32 numpy array), ``timed`` (``settle`` untimed calls, then one
-timed by :func:`eval.machine.timed` in the process that makes the calls) and ``close``.
+timed by :func:`eval.machine.timed` in the process that makes the calls) and ``close``. :func:`interleaved` times several variants, either kind or plain callables, in rounds.
 
 Why processes: in one process, the first call of one framework after another's re-faults memory the other gave
 back to the system, on the VMs of docs/ at a large kernel-time cost (docs/bench_model.md, "session 13"). A variant
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import statistics
 import traceback
 
 from eval import machine
@@ -151,3 +152,29 @@ class Spawned:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def interleaved(fns: dict, repeats: int, warmup: int, settle: int = 0) -> dict:
+    """Warm each of ``fns`` (name -> a no-argument callable, or a :class:`Runner` or :class:`Spawned`, which may
+    live in a process of its own and times its calls there) up, then ``repeats`` rounds calling all of them,
+    rotating which goes first, each call timed by :func:`eval.machine.timed`. In every round each runs ``settle``
+    untimed calls right before its timed one (:data:`eval.machine.SETTLE_HELP`). Per name: ``times`` (wall s per
+    round), ``cpu`` (total process CPU s), ``median``, ``cpu_per_wall``, ``cpu_per_step`` and ``spread``
+    ((max - min) / median)."""
+    variants = {n: Runner(fn=v) if callable(v) else v for n, v in fns.items()}
+    for v in variants.values():
+        v.run(warmup)
+    names = list(variants)
+    out = {n: {"times": [], "cpu": 0.0} for n in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            wall, cpu = variants[n].timed(settle)
+            out[n]["times"].append(wall)
+            out[n]["cpu"] += cpu
+    for n, r in out.items():
+        r["median"] = statistics.median(r["times"])
+        r["cpu_per_wall"] = r["cpu"] / sum(r["times"])
+        r["cpu_per_step"] = r["cpu"] / repeats
+        r["spread"] = (max(r["times"]) - min(r["times"])) / r["median"]
+    return out

@@ -152,7 +152,7 @@ def stacked_batch(plan, member, step):
 
 @pytest.mark.parametrize("settle", [0, 2])
 def test_interleaved_rounds_settle_each_variant_before_timing_it(settle, monkeypatch):
-    from eval import machine
+    from eval import machine, workers
 
     calls: list[str] = []
     timed: list[int] = []
@@ -162,9 +162,9 @@ def test_interleaved_rounds_settle_each_variant_before_timing_it(settle, monkeyp
         timed.append(len(calls))  # The position in the log of the call about to be timed.
         return real_timed(fn)
 
-    monkeypatch.setattr(machine, "timed", spy_timed)  # interleaved() looks it up in the module at call time.
+    monkeypatch.setattr(machine, "timed", spy_timed)  # Runner.timed looks it up in the module at call time.
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    out = machine.interleaved(fns, repeats=4, warmup=1, settle=settle)
+    out = workers.interleaved(fns, repeats=4, warmup=1, settle=settle)
 
     assert calls[:3] == ["a", "b", "c"]  # Warm-up, one each.
     rounds = calls[3:]

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from eval import machine, workers
+from eval import workers
 
 HERE = __name__  # How the child process imports this module's factories (pytest's import name).
 
@@ -69,7 +69,7 @@ def test_interleaved_times_spawned_variants_in_their_processes():
     with workers.Spawned(f"{HERE}:busy", burn_s=0.01) as a, workers.Spawned(f"{HERE}:busy", burn_s=0.03) as b:
         a.make(scale=1)
         b.make(scale=2)
-        out = machine.interleaved({"a": a, "b": b}, repeats=3, warmup=1, settle=1)
+        out = workers.interleaved({"a": a, "b": b}, repeats=3, warmup=1, settle=1)
         assert [len(r["times"]) for r in out.values()] == [3, 3]
         assert out["b"]["cpu_per_step"] > out["a"]["cpu_per_step"] + 0.01  # Each one's own CPU time.
         assert a.run(1, keep=True)[2] == 1 + 3 * 2 + 1  # Warm-up, 3 rounds of settle + timed, this call.
