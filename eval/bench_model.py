@@ -116,7 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--in-process", dest="isolate", action="store_false",
                    help="run every variant in this one process, as sessions up to 13 did, instead of each in a "
                    "spawned process of its own (the default; docs/bench_model.md: in one process a framework's "
-                   "calls slow the other's by up to 30%% at batch 32)")
+                   "calls slow the other's by up to 30%% at batch 32). Unlike before session 14, each variant "
+                   "then holds its own copy of the weights")
     p.add_argument("--no-xla-default", dest="xla_default_too", action="store_false",
                    help="do not also time the JAX functions (and GEMMs) compiled with XLA's default options "
                    "(saves about a third of the run time)")
@@ -359,9 +360,12 @@ def main(argv=None) -> int:
               flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             models.save_pretrained(module, params, tmp)  # The torch variants read exactly our weights.
-            variants = {v: where(factory, label=f"{name} {v}", **kw)
-                        for v, (factory, kw) in variant_specs(args, name, tmp).items()}
+            variants = {}
             try:
+                for v, (factory, kw) in variant_specs(args, name, tmp).items():
+                    variants[v] = where(factory, label=f"{name} {v}", **kw)
+                for v in variants.values():  # All built (they start at once) before any compiles and is timed.
+                    v.ready()
                 for batch_size in args.batch_sizes:
                     for length in args.lengths:
                         ids = rng.integers(1000, cfg.vocab_size, size=(batch_size, length), dtype=np.int64)

@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--settle", type=int, default=1, help=machine.SETTLE_HELP.format(what="step"))
     p.add_argument("--in-process", dest="isolate", action="store_false",
                    help="run part 1's steps (JAX and torch) all in this one process, as sessions up to 13 did, "
-                   "instead of each in a spawned process of its own (the default: docs/bench_train.md)")
+                   "instead of each in a spawned process of its own (the default: docs/bench_train.md); each "
+                   "step still builds its own model and optimiser state")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads(N) for part 1 (default: torch's own choice, one per core)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
@@ -383,10 +384,14 @@ def main(argv=None) -> int:
         where = workers.Spawned if args.isolate else workers.Runner
         with tempfile.TemporaryDirectory() as tmp:
             models.save_pretrained(module, params, tmp)  # The torch step reads exactly our weights.
-            fns = {k: where("eval.bench_train:train_variant", label=k, kind=k, model=args.model,
-                            batch_size=args.batch_size, seed=args.seed, model_dir=tmp,
-                            torch_threads=args.torch_threads) for k in kinds}
+            fns = {}
             try:
+                for k in kinds:
+                    fns[k] = where("eval.bench_train:train_variant", label=k, kind=k, model=args.model,
+                                   batch_size=args.batch_size, seed=args.seed, model_dir=tmp,
+                                   torch_threads=args.torch_threads)
+                for f in fns.values():  # All built (they start at once) before any compiles: honest compile times.
+                    f.ready()
                 for length in args.lengths:
                     shapes.append(time_steps(args, cfg, fns, length))
             finally:

@@ -6,7 +6,7 @@ A variant is built by a *factory*, named ``"module:function"`` so that a fresh p
 call to time and ``info`` a JSON-able dict (e.g. compile seconds). :class:`Runner` does this in the calling process,
 :class:`Spawned` in a spawned Python process that it drives over a pipe; both offer ``make``, ``run`` (untimed
 calls, optionally returning the last output as a float32 numpy array), ``timed`` (``settle`` untimed calls, then one
-timed by :func:`eval.machine.timed` in the process that makes the calls) and ``close``. :func:`interleaved` times several variants, either kind or plain callables, in rounds.
+timed by :func:`eval.machine.timed` in the process that makes the calls) and ``close`` (and ``ready``: wait until the variant is built). :func:`interleaved` times several variants, either kind or plain callables, in rounds.
 
 Why processes: in one process, the first call of one framework after another's re-faults memory the other gave
 back to the system, on the VMs of docs/ at a large kernel-time cost (docs/bench_model.md, "session 13"). A variant
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import signal
 import statistics
 import traceback
 
@@ -54,6 +55,9 @@ class Runner:
         self._make = resolve(factory)(**kwargs) if factory else None
         self.fn = fn
 
+    def ready(self) -> None:
+        """Built already (here, the constructor does it)."""
+
     def make(self, **config) -> dict:
         if self._make is None:
             raise TypeError("this Runner wraps a plain callable: it has no factory to make a configuration with")
@@ -77,7 +81,9 @@ class Runner:
 
 def _serve(conn, factory: str, kwargs: dict) -> None:
     """A :class:`Spawned` worker's loop: answers each ``(method, args, kwargs)`` with ``("ok", result)`` or
-    ``("error", traceback)``; ``("close", ...)`` ends it."""
+    ``("error", traceback)``; ``("close", ...)`` ends it. Ctrl-C is left to the parent, which ends its workers
+    (:meth:`Spawned.close`, or the pipe's end when it dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         runner, failure = Runner(factory, **kwargs), None
     except BaseException:  # Reported on the first request, which the parent is waiting to make.
@@ -111,8 +117,13 @@ class Spawned:
         self.label = label or factory
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, factory, kwargs), name=self.label, daemon=True)
-        self._proc.start()
-        child.close()
+        try:
+            self._proc.start()
+        except BaseException:
+            self._conn.close()
+            raise
+        finally:
+            child.close()
 
     def _ask(self, method: str, *args, **kw):
         try:
@@ -125,6 +136,10 @@ class Spawned:
         if status == "error":
             raise WorkerError(f"variant {self.label!r}, {method}: the worker raised:\n{value}")
         return value
+
+    def ready(self) -> None:
+        """Wait until the process has built the variant (imported its framework, loaded its model)."""
+        self._ask("run", 0)
 
     def make(self, **config) -> dict:
         return self._ask("make", **config)
