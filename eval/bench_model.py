@@ -152,7 +152,6 @@ def fraction_row(rows: list[dict]) -> tuple[dict, bool]:
     return row, row["model"] == want["model"] and row["batch"] == want["batch"]
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # The variants, as eval.workers factories: each loads its framework and model, and makes one forward call per
 # configuration (the token ids of one batch). With --in-process they all live in this process.

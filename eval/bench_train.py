@@ -215,15 +215,14 @@ def train_variant(kind: str, model: str, batch_size: int, seed: int, model_dir: 
     ``model_dir``)."""
     if kind == "torch":
         import torch
+        import transformers
 
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
+        transformers.logging.set_verbosity_error()
+        vocab = transformers.AutoConfig.from_pretrained(model_dir).vocab_size
 
         def make_torch(length):
-            import transformers
-
-            transformers.logging.set_verbosity_error()
-            vocab = transformers.AutoConfig.from_pretrained(model_dir).vocab_size
             run, attn = torch_step(model_dir, random_batch(batch_size, length, vocab, seed), seed)
             return run, {"attention": attn}
 

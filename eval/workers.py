@@ -6,7 +6,8 @@ A variant is built by a *factory*, named ``"module:function"`` so that a fresh p
 call to time and ``info`` a JSON-able dict (e.g. compile seconds). :class:`Runner` does this in the calling process,
 :class:`Spawned` in a spawned Python process that it drives over a pipe; both offer ``make``, ``run`` (untimed
 calls, optionally returning the last output as a float32 numpy array), ``timed`` (``settle`` untimed calls, then one
-timed by :func:`eval.machine.timed` in the process that makes the calls) and ``close`` (and ``ready``: wait until the variant is built). :func:`interleaved` times several variants, either kind or plain callables, in rounds.
+timed by :func:`eval.machine.timed` in the process that makes the calls), ``ready`` (wait until the variant is
+built) and ``close``. :func:`interleaved` times several variants, either kind or plain callables, in rounds.
 
 Why processes: in one process, the first call of one framework after another's re-faults memory the other gave
 back to the system, on the VMs of docs/ at a large kernel-time cost (docs/bench_model.md, "session 13"). A variant
@@ -29,11 +30,17 @@ class WorkerError(RuntimeError):
     """A variant's worker process failed: its traceback, or how it died."""
 
 
-def resolve(factory: str):
-    """The function named by ``"module:function"``."""
+def split_name(factory: str) -> tuple[str, str]:
+    """``(module, function)`` of a factory name ``"module:function"``; ValueError if either part is missing."""
     module, _, name = factory.partition(":")
     if not module or not name:
         raise ValueError(f"factory {factory!r}: expected 'module:function'")
+    return module, name
+
+
+def resolve(factory: str):
+    """The function named by ``"module:function"``."""
+    module, name = split_name(factory)
     return getattr(importlib.import_module(module), name)
 
 
@@ -111,8 +118,7 @@ class Spawned:
     methods block until it answers. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, factory: str, label: str | None = None, **kwargs):
-        if not all(factory.partition(":")[::2]):
-            raise ValueError(f"factory {factory!r}: expected 'module:function'")
+        split_name(factory)  # A malformed name fails here, not in the child.
         ctx = multiprocessing.get_context("spawn")
         self.label = label or factory
         self._conn, child = ctx.Pipe()
