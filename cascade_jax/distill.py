@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cascade_jax import configs, data, losses, models, parallel, trainer
+from cascade_jax import attention, configs, data, losses, models, parallel, trainer
 from cascade_jax.configs import DataConfig, ModelConfig, OptimConfig, RunConfig, section
 from cascade_jax.preemption import Preemption
 
@@ -258,16 +258,16 @@ def theseus_logits(config: models.BertConfig, predecessor: dict, successor_layer
     layer = models.BertLayer(config, dtype)
     x = models.BertEmbeddings(config, dtype).apply({"params": bert["embeddings"]}, input_ids, token_type_ids,
                                                    deterministic, rngs=rngs(0))
-    additive_mask = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    key_bias = attention.bias_from_mask(attention_mask)
 
     for i in range(k):
         def successor(x, i=i):
-            return layer.apply({"params": successor_layers[f"layer_{i}"]}, x, additive_mask, deterministic,
+            return layer.apply({"params": successor_layers[f"layer_{i}"]}, x, key_bias, deterministic,
                                rngs=rngs(1 + n + i))
 
         def block(x, i=i):
             for j in range(i * ratio, (i + 1) * ratio):
-                x = layer.apply({"params": bert["encoder"][f"layer_{j}"]}, x, additive_mask, deterministic,
+                x = layer.apply({"params": bert["encoder"][f"layer_{j}"]}, x, key_bias, deterministic,
                                 rngs=rngs(1 + j))
             return x
 

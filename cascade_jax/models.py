@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cascade_jax import assets
+from cascade_jax import assets, attention
 
 BUILTIN_MODELS = ("minilm-l6", "minilm-l3")
 
@@ -62,6 +62,9 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
+    # Ours, not Hugging Face's (never read from or written to config.json): "auto" runs attention without dropout
+    # on the fused CPU kernel where it applies, "xla" always with XLA's ops (cascade_jax/attention.py).
+    attn_implementation: str = "auto"
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -70,10 +73,13 @@ class BertConfig:
             )
         if self.hidden_act not in _ACTIVATIONS:
             raise ModelLoadError(f"hidden_act {self.hidden_act!r} is not supported; known: {sorted(_ACTIVATIONS)}")
+        if self.attn_implementation not in attention.IMPLEMENTATIONS:
+            raise ModelLoadError(f"attn_implementation {self.attn_implementation!r}: use one of "
+                                 f"{', '.join(attention.IMPLEMENTATIONS)}")
 
     @classmethod
     def from_dict(cls, d: dict, **overrides) -> "BertConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"attn_implementation"}
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
             kwargs["num_labels"] = len(d["id2label"])
@@ -85,6 +91,7 @@ class BertConfig:
     def to_hf_dict(self) -> dict:
         d = dataclasses.asdict(self)
         num_labels = d.pop("num_labels")
+        d.pop("attn_implementation")
         d.update(
             model_type="bert",
             architectures=["BertForSequenceClassification"],
@@ -162,7 +169,7 @@ class BertSelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, additive_mask, deterministic: bool):
+    def __call__(self, x, key_bias, deterministic: bool):
         c = self.config
         heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
 
@@ -171,12 +178,13 @@ class BertSelfAttention(nn.Module):
             return y.reshape(y.shape[:-1] + (heads, head_dim))  # [B, L, H, D]
 
         q, k, v = project("query"), project("key"), project("value")
-        # Scores and the context accumulate in float32 whatever the compute dtype (see _dense).
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(head_dim)
-        probs = jax.nn.softmax(scores + additive_mask, axis=-1)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v,
-                             preferred_element_type=jnp.float32).astype(self.dtype)
+        # Scores, softmax and context in float32 whatever the compute dtype (see _dense); the fused CPU kernel
+        # where no dropout applies (cascade_jax/attention.py).
+        if deterministic or c.attention_probs_dropout_prob == 0:
+            context = attention.attention(q, k, v, key_bias, c.attn_implementation)
+        else:
+            dropout = functools.partial(nn.Dropout(c.attention_probs_dropout_prob), deterministic=False)
+            context = attention.xla_attention(q, k, v, key_bias, dropout)
         return context.reshape(context.shape[:2] + (c.hidden_size,))
 
 
@@ -199,8 +207,8 @@ class BertAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, additive_mask, deterministic: bool):
-        context = BertSelfAttention(self.config, self.dtype, name="self")(x, additive_mask, deterministic)
+    def __call__(self, x, key_bias, deterministic: bool):
+        context = BertSelfAttention(self.config, self.dtype, name="self")(x, key_bias, deterministic)
         return BertResidualOutput(self.config, self.dtype, name="output")(context, x, deterministic)
 
 
@@ -219,8 +227,8 @@ class BertLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, additive_mask, deterministic: bool):
-        h = BertAttention(self.config, self.dtype, name="attention")(x, additive_mask, deterministic)
+    def __call__(self, x, key_bias, deterministic: bool):
+        h = BertAttention(self.config, self.dtype, name="attention")(x, key_bias, deterministic)
         y = BertIntermediate(self.config, self.dtype, name="intermediate")(h)
         return BertResidualOutput(self.config, self.dtype, name="output")(y, h, deterministic)
 
@@ -230,10 +238,10 @@ class BertEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, additive_mask, deterministic: bool):
+    def __call__(self, x, key_bias, deterministic: bool):
         states = [x]
         for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, additive_mask, deterministic)
+            x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, key_bias, deterministic)
             states.append(x)
         return tuple(states)
 
@@ -253,9 +261,8 @@ class BertModel(nn.Module):
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
         c = self.config
         x = BertEmbeddings(c, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-        # As in transformers: masked keys get the most negative float32, so a fully masked row stays finite.
-        additive_mask = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        states = BertEncoder(c, self.dtype, name="encoder")(x, additive_mask, deterministic)
+        key_bias = attention.bias_from_mask(attention_mask)
+        states = BertEncoder(c, self.dtype, name="encoder")(x, key_bias, deterministic)
         pooler = BertPooler(c, self.dtype, name="pooler")
         if self.pool_every_layer:
             return states, [pooler(s) for s in states[1:]]

@@ -5,9 +5,10 @@ For each model, batch size and sequence length this times the library's own infe
 ``cascade_jax.xla.jit(models.logits_fn(module))`` (which applies the library's CPU compile options itself, see
 ``cascade_jax/xla.py``), against ``transformers.BertForSequenceClassification`` (eval mode,
 ``torch.inference_mode()``, transformers' default attention implementation) on one identical batch, and prints
-examples per second for both. Unless ``--no-xla-default`` is given, the same function compiled with XLA's default
-options (plain ``jax.jit``) is timed too and shown in its own columns, so the effect of the library's options stays
-visible.
+examples per second for both. Unless ``--no-xla-default`` is given, the same function with XLA's defaults (plain
+``jax.jit``, and XLA's einsum-softmax-einsum attention instead of the library's fused CPU kernel,
+``cascade_jax/attention.py``) is timed too and shown in its own columns, so the effect of the library's choices
+stays visible.
 
 bfloat16 (unless ``--no-bf16``), timed in the same interleaved loop:
 
@@ -63,6 +64,7 @@ FLOP/s over the fp32 GEMM rate; the line above it says which configuration was u
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -159,7 +161,8 @@ def fraction_row(rows: list[dict]) -> tuple[dict, bool]:
 
 def jax_forward(model: str, seed: int, bf16: bool = False, xla_default: bool = False):
     """``make(ids) -> (call, {"compile_s"})``: the library's inference path, ``xla.jit(models.logits_fn(module))``
-    (plain ``jax.jit`` with ``xla_default``), in float32 or bfloat16 (bf16 weights and activations)."""
+    (with ``xla_default``: plain ``jax.jit`` and XLA's attention ops instead of the fused CPU kernel), in float32
+    or bfloat16 (bf16 weights and activations)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -172,6 +175,8 @@ def jax_forward(model: str, seed: int, bf16: bool = False, xla_default: bool = F
         params = models.cast_params(params, jnp.bfloat16)
     else:
         module, params = models.from_pretrained(model, num_labels=2, seed=seed)
+    if xla_default:  # XLA's attention ops instead of the fused CPU kernel
+        module = module.clone(config=dataclasses.replace(module.config, attn_implementation="xla"))
     fn = (jax.jit if xla_default else xla.jit)(models.logits_fn(module))
 
     def make(ids):

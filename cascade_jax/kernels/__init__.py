@@ -1,0 +1,127 @@
+"""The project's C++ kernels for XLA:CPU: compiled on first use with the machine's C++ compiler, cached, registered.
+
+  load(name) -> Kernel | None      # kernels/<name>.cc built, registered as CPU FFI target "cascade_<name>"; or None
+  why_not(name) -> str | None      # why load(name) returned None, in words
+  ENV_SWITCH                       # CASCADE_JAX_FUSED_KERNELS=0: never build or use them
+
+The shared library lands in ``<cascade_jax.assets.cache_dir()>/kernels/<key>/`` where the key hashes the source, the
+compiler and its flags, jax/jaxlib and the CPU (``-march=native``: a library built for one CPU may not run on
+another). A missing compiler or a failed build is reported once (a warning naming the cause) and the callers fall
+back to XLA's own ops. ``$CXX`` picks the compiler (default: the first of c++, g++, clang++ on ``PATH``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+ENV_SWITCH = "CASCADE_JAX_FUSED_KERNELS"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+_SOURCES = pathlib.Path(__file__).parent
+SYMBOLS = {"attention": "CascadeAttention"}  # each kernel's FFI handler symbol
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    name: str  # the FFI target name
+    path: pathlib.Path  # the shared library
+
+
+_lock = threading.Lock()
+_loaded: dict[str, Kernel | None] = {}
+_reasons: dict[str, str] = {}
+
+
+def disabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+
+
+def _compiler() -> str | None:
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return next((found for c in ("c++", "g++", "clang++") if (found := shutil.which(c))), None)
+
+
+def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
+    """Compile ``source`` into the cache (once per key); returns the library's path. Raises RuntimeError."""
+    import jax
+    import jaxlib
+
+    from cascade_jax import assets, xla
+
+    include = jax.ffi.include_dir()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot run the C++ compiler {compiler}: {e}") from e
+    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key()]).encode()
+    key = hashlib.sha256(text).hexdigest()[:16]
+    target = assets.cache_dir() / "kernels" / key / (source.stem + ".so")
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target, then rename: a concurrent build or reader never sees half a file.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = pathlib.Path(tmp) / target.name
+        cmd = [compiler, *FLAGS, "-isystem", include, str(source), "-o", str(out)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {e}") from e
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
+        os.replace(out, target)
+    return target
+
+
+def load(name: str) -> Kernel | None:
+    """Kernel ``kernels/<name>.cc``, built if needed and registered with JAX as CPU FFI target ``cascade_<name>``
+    (handler symbol :data:`SYMBOLS` ``[name]``). None when turned off, without a compiler or when the build fails
+    (warned once; :func:`why_not` says why)."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        kernel = None
+        if disabled():
+            _reasons[name] = f"turned off ({ENV_SWITCH}={os.environ[ENV_SWITCH]})"
+        elif (compiler := _compiler()) is None:
+            _reasons[name] = "no C++ compiler found (set CXX, or install g++ or clang++)"
+        else:
+            try:
+                import jax
+
+                path = _build(_SOURCES / f"{name}.cc", compiler)
+                library = ctypes.cdll.LoadLibrary(str(path))
+                target = f"cascade_{name}"
+                handler = jax.ffi.pycapsule(getattr(library, SYMBOLS[name]))
+                jax.ffi.register_ffi_target(target, handler, platform="cpu")
+                kernel = Kernel(target, path)
+            except (RuntimeError, OSError, AttributeError) as e:
+                _reasons[name] = f"building kernels/{name}.cc failed: {e}"
+        if kernel is None and not disabled():
+            warnings.warn(f"cascade_jax: {_reasons[name]}; using XLA's ops instead, slower on CPU "
+                          f"(docs/bench_model.md). {ENV_SWITCH}=0 turns the kernels off without this warning.",
+                          RuntimeWarning, stacklevel=3)
+        _loaded[name] = kernel
+        return kernel
+
+
+def why_not(name: str) -> str | None:
+    """Why :func:`load` gave None for ``name`` (None if it was not tried or succeeded)."""
+    return _reasons.get(name)
+
+
+def _forget() -> None:
+    """Tests only: let the next :func:`load` decide again (a registered FFI target stays registered)."""
+    with _lock:
+        _loaded.clear()
+        _reasons.clear()
