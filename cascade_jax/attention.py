@@ -1,6 +1,6 @@
 """Multi-head scaled dot-product attention: a fused C++ kernel on CPU, XLA's ops elsewhere.
 
-  attention(q, k, v, key_bias, implementation="auto") -> context   # q, k, v [B, L, H, D]; key_bias [B, Lk]
+  attention(q, k, v, key_bias, implementation="auto", keep=None) -> context   # q, k, v [B, L, H, D]; key_bias [B, Lk]
   xla_attention(q, k, v, key_bias, dropout=None) # the same with XLA's einsum-softmax-einsum (and dropout on probs)
   bias_from_mask(attention_mask) -> [B, Lk]       # 0 where attended, float32's most negative value where masked
   status() -> str                                # whether attention() uses the kernel here, in words
@@ -10,7 +10,8 @@ scores, the softmax and the sums in float32 whatever the input dtype (float32 or
 the input dtype. On CPU :func:`attention` calls ``kernels/attention.cc`` (one pass per batch row and head that keeps
 the scores in cache; XLA:CPU runs the three ops as separate passes over a [B, H, L, L] tensor, 3-7x slower:
 docs/bench_model.md). It is chosen at lowering time (``jax.lax.platform_dependent``), so a GPU/TPU program never
-contains it. Gradients (``jax.custom_vjp``) recompute the probabilities with XLA ops.
+contains it. Dropout on the probabilities comes in as multipliers drawn by the caller; the gradients
+(``jax.custom_vjp``) come from the kernel's backward, which recomputes the probabilities.
 """
 
 from __future__ import annotations
@@ -41,40 +42,39 @@ def xla_attention(q, k, v, key_bias, dropout=None):
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(q.dtype), v, preferred_element_type=jnp.float32).astype(q.dtype)
 
 
-def _kernel_call(q, k, v, key_bias):
+def _call(target, results, *args):
     # broadcast_all: under vmap every operand gains the mapped axis in front; the kernel treats all leading axes
     # as batch.
+    return jax.ffi.ffi_call(target, results, vmap_method="broadcast_all")(*args)
+
+
+def _forward(q, k, v, key_bias, keep):
     out = jax.ShapeDtypeStruct(q.shape, q.dtype)
-    return jax.ffi.ffi_call("cascade_attention", out, vmap_method="broadcast_all")(q, k, v, key_bias)
+    if keep.size == 0:
+        return _call("cascade_attention", out, q, k, v, key_bias)
+    return _call("cascade_attention_dropout", out, q, k, v, key_bias, keep)
 
 
 @jax.custom_vjp
-def _fused(q, k, v, key_bias):
-    return _kernel_call(q, k, v, key_bias)
+def _fused(q, k, v, key_bias, keep):
+    """The kernel; ``keep``: [B, H, Lq, Lk] dropout multipliers, or an empty array for none."""
+    return _forward(q, k, v, key_bias, keep)
 
 
-def _fused_fwd(q, k, v, key_bias):
-    out = _kernel_call(q, k, v, key_bias)
-    return out, (q, k, v, key_bias, out)
+def _fused_fwd(q, k, v, key_bias, keep):
+    out = _forward(q, k, v, key_bias, keep)
+    return out, (q, k, v, key_bias, keep, out)
 
 
 def _fused_bwd(residuals, g):
-    """The softmax-attention backward, probabilities recomputed: P = softmax(S), dV = P^T g, dS = P * (g V^T -
-    rowsum(g * out)), dQ = dS K / sqrt(D), dK = dS^T Q / sqrt(D), d key_bias = sum over heads and queries of dS.
-    (From the softmax, not a saved log-sum-exp: with float32's most negative bias on every key of a row, the
-    log-sum-exp rounds to the bias and would give each key probability 1.)"""
-    q, k, v, bias, out = residuals
-    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    qf, kf, vf, gf = f32(q), f32(k), f32(v), f32(g)
-    p = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", qf, kf) * scale + bias[:, None, None, :], axis=-1)
-    dv = jnp.einsum("bhqk,bqhd->bkhd", p, gf)
-    dp = jnp.einsum("bqhd,bkhd->bhqk", gf, vf)
-    delta = jnp.einsum("bqhd,bqhd->bhq", gf, f32(out))
-    ds = p * (dp - delta[..., None])
-    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, kf) * scale
-    dk = jnp.einsum("bhqk,bqhd->bkhd", ds, qf) * scale
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), ds.sum((1, 2)).astype(bias.dtype)
+    """The kernel's backward (probabilities recomputed per row block, not saved): dV = Pd^T g, dS = P * (g V^T * keep
+    - rowsum(g * out)), dQ = dS K / sqrt(D), dK = dS^T Q / sqrt(D), d key_bias = sum over heads and queries of dS."""
+    q, k, v, bias, keep, out = residuals
+    like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+    dbias = jax.ShapeDtypeStruct((q.shape[0], q.shape[2], k.shape[1]), jnp.float32)  # per head
+    dq, dk, dv, dbias_heads = _call("cascade_attention_backward", (like(q), like(k), like(v), dbias),
+                                    q, k, v, bias, keep, out, g.astype(q.dtype))
+    return dq, dk, dv, dbias_heads.sum(1), jnp.zeros_like(keep)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -88,13 +88,20 @@ def _kernel_applies(q, k, v, key_bias, implementation) -> bool:
             and jax.default_backend() == "cpu" and kernels.load("attention") is not None)
 
 
-def attention(q, k, v, key_bias, implementation: str = "auto"):
+def attention(q, k, v, key_bias, implementation: str = "auto", keep=None):
     """Softmax attention (module docstring): with ``implementation`` "auto" the fused kernel on CPU where it applies
     (float32 or bfloat16, head width in :data:`HEAD_DIMS`, kernel built), else :func:`xla_attention`; "xla": always
-    :func:`xla_attention` (the model's ``BertConfig.attn_implementation``)."""
+    :func:`xla_attention` (the model's ``BertConfig.attn_implementation``). ``keep``: dropout on the probabilities,
+    as multipliers [B, H, Lq, Lk] (0 where dropped, 1 / keep probability elsewhere), or None."""
     if not _kernel_applies(q, k, v, key_bias, implementation):
-        return xla_attention(q, k, v, key_bias)
-    return jax.lax.platform_dependent(q, k, v, key_bias, cpu=_fused, default=xla_attention)
+        return xla_attention(q, k, v, key_bias, None if keep is None else (lambda p: p * keep))
+    if keep is None:
+        keep = jnp.zeros((0,), jnp.float32)
+
+    def xla_ops(q, k, v, key_bias, keep):
+        return xla_attention(q, k, v, key_bias, None if keep.size == 0 else (lambda p: p * keep))
+
+    return jax.lax.platform_dependent(q, k, v, key_bias, keep, cpu=_fused, default=xla_ops)
 
 
 def status() -> str:

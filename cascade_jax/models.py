@@ -178,13 +178,13 @@ class BertSelfAttention(nn.Module):
             return y.reshape(y.shape[:-1] + (heads, head_dim))  # [B, L, H, D]
 
         q, k, v = project("query"), project("key"), project("value")
-        # Scores, softmax and context in float32 whatever the compute dtype (see _dense); the fused CPU kernel
-        # where no dropout applies (cascade_jax/attention.py).
-        if deterministic or c.attention_probs_dropout_prob == 0:
-            context = attention.attention(q, k, v, key_bias, c.attn_implementation)
-        else:
-            dropout = functools.partial(nn.Dropout(c.attention_probs_dropout_prob), deterministic=False)
-            context = attention.xla_attention(q, k, v, key_bias, dropout)
+        # Scores, softmax and context in float32 whatever the compute dtype (see _dense); the fused kernel on CPU
+        # (cascade_jax/attention.py).
+        keep = None
+        if not deterministic and c.attention_probs_dropout_prob > 0:  # dropout multipliers on the probabilities
+            shape = (q.shape[0], heads, q.shape[1], k.shape[1])
+            keep = nn.Dropout(c.attention_probs_dropout_prob)(jnp.ones(shape, jnp.float32), deterministic=False)
+        context = attention.attention(q, k, v, key_bias, c.attn_implementation, keep)
         return context.reshape(context.shape[:2] + (c.hidden_size,))
 
 

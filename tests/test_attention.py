@@ -103,6 +103,55 @@ def test_gradients_match_autodiff_of_xla_ops():
     assert np.allclose(np.asarray(got[2])[-1], np.asarray(got[2])[-1].mean(axis=0, keepdims=True), atol=1e-6)
 
 
+def keep_mask(rng, shape, rate=0.25):
+    return jnp.asarray(np.where(rng.random(shape) < rate, 0.0, 1.0 / (1 - rate)), jnp.float32)
+
+
+def reference_dropout(q, k, v, bias, keep):
+    """float64 loop: softmax, times the keep multipliers, times v."""
+    q, k, v, bias, keep = (np.asarray(x, np.float64) for x in (q, k, v, bias, keep))
+    b, lq, h, d = q.shape
+    out = np.zeros_like(q)
+    for n in range(b):
+        for j in range(h):
+            s = q[n, :, j] @ k[n, :, j].T / np.sqrt(d) + bias[n][None, :]
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            out[n, :, j] = (p / p.sum(axis=1, keepdims=True) * keep[n, j]) @ v[n, :, j]
+    return out
+
+
+@pytest.mark.parametrize("b,lq,lk,h,d", [(2, 13, 13, 3, 32), (2, 9, 21, 2, 64), (1, 5, 5, 2, 16)])
+def test_dropout_forward_and_gradients(b, lq, lk, h, d):
+    needs_kernel()
+    rng = np.random.default_rng(b * 10 + d)
+    q, k, v, bias = inputs(rng, b, lq, h, d, lk)
+    keep = keep_mask(rng, (b, h, lq, lk))
+    f = lambda q, k, v, bias: attention.attention(q, k, v, bias, keep=keep)  # noqa: E731
+    assert "cascade_attention_dropout" in jax.jit(f).lower(q, k, v, bias).as_text()
+    np.testing.assert_allclose(np.asarray(jax.jit(f)(q, k, v, bias)), reference_dropout(q, k, v, bias, keep),
+                               atol=3e-6, rtol=1e-5)
+    w = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+    xla = lambda q, k, v, bias: attention.xla_attention(q, k, v, bias, lambda p: p * keep)  # noqa: E731
+    got = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+    want = jax.grad(lambda *a: jnp.sum(xla(*a) * w), argnums=(0, 1, 2, 3))(q, k, v, bias)
+    for name, g, r in zip("q k v bias".split(), got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=3e-5, rtol=1e-4, err_msg=name)
+
+
+def test_bfloat16_gradients():
+    needs_kernel()
+    rng = np.random.default_rng(11)
+    q, k, v, bias = inputs(rng, 2, 12, 2, 32, dtype=jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+    loss = lambda fn: (lambda q, k, v: jnp.sum(fn(q, k, v, bias).astype(jnp.float32) * w))  # noqa: E731
+    got = jax.grad(loss(attention.attention), argnums=(0, 1, 2))(q, k, v)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    want = jax.grad(loss(attention.xla_attention), argnums=(0, 1, 2))(*f32)
+    for g, r in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), atol=3e-2, rtol=2e-2)
+
+
 def test_vmap_over_stacked_members():
     needs_kernel()
     rng = np.random.default_rng(5)
@@ -132,15 +181,16 @@ def test_kernel_only_where_it_applies():
     assert "cascade_attention" not in exported.mlir_module()
 
 
-def test_model_logits_and_dropout_path():
-    """The model gives the same logits with the kernel and with XLA's ops; with dropout active (training) it keeps
-    XLA's ops, whose dropout on the probabilities the kernel does not do."""
+def test_model_logits_and_training_gradients():
+    """The model with the kernel and with XLA's ops (attn_implementation="xla"): the same logits, and in training
+    (dropout on, same dropout key, so the same dropout masks) the same logits and parameter gradients."""
     needs_kernel()
     from cascade_jax import models
 
     config = models.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=65, max_position_embeddings=16)  # head width 32
     module = models.BertForSequenceClassification(config)
+    xla_module = module.clone(config=dataclasses.replace(config, attn_implementation="xla"))
     params = models.init_params(module, jax.random.PRNGKey(0))
     rng = np.random.default_rng(8)
     mask = np.ones((4, 12), np.int32)
@@ -149,16 +199,24 @@ def test_model_logits_and_dropout_path():
              "token_type_ids": jnp.zeros((4, 12), jnp.int32)}
     fn = models.logits_fn(module)
     assert uses_kernel(fn, params, batch)
-    xla_module = module.clone(config=dataclasses.replace(config, attn_implementation="xla"))
     assert not uses_kernel(models.logits_fn(xla_module), params, batch)
-    want = jax.jit(models.logits_fn(xla_module))(params, batch)
-    np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, batch)), np.asarray(want), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, batch)),
+                               np.asarray(jax.jit(models.logits_fn(xla_module))(params, batch)), atol=1e-5, rtol=1e-5)
 
-    def train_logits(p, b):
-        return module.apply({"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                            deterministic=False, rngs={"dropout": jax.random.key(0)}).logits
+    def train_loss(m):
+        def loss(p, b):
+            logits = m.apply({"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                             deterministic=False, rngs={"dropout": jax.random.key(3)}).logits
+            return jnp.sum(jnp.sin(logits)), logits
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
-    assert not uses_kernel(train_logits, params, batch)
+    assert "cascade_attention_backward" in train_loss(module).lower(params, batch).as_text()
+    (_, got_logits), got = train_loss(module)(params, batch)
+    (_, want_logits), want = train_loss(xla_module)(params, batch)
+    np.testing.assert_allclose(np.asarray(got_logits), np.asarray(want_logits), atol=1e-5, rtol=1e-5)
+    flat_got, flat_want = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+    for g, w in zip(flat_got, flat_want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=2e-4)
 
 
 def test_fallback_without_compiler(monkeypatch):

@@ -1,6 +1,6 @@
 """The project's C++ kernels for XLA:CPU: compiled on first use with the machine's C++ compiler, cached, registered.
 
-  load(name) -> Kernel | None      # kernels/<name>.cc built, registered as CPU FFI target "cascade_<name>"; or None
+  load(name) -> Kernel | None      # kernels/<name>.cc built, its FFI targets registered for CPU; or None
   why_not(name) -> str | None      # why load(name) returned None, in words
   ENV_SWITCH                       # CASCADE_JAX_FUSED_KERNELS=0: never build or use them
 
@@ -26,12 +26,15 @@ import warnings
 ENV_SWITCH = "CASCADE_JAX_FUSED_KERNELS"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 _SOURCES = pathlib.Path(__file__).parent
-SYMBOLS = {"attention": "CascadeAttention"}  # each kernel's FFI handler symbol
+# Each kernel's FFI targets and their handler symbols in the library.
+TARGETS = {"attention": {"cascade_attention": "CascadeAttention",
+                         "cascade_attention_dropout": "CascadeAttentionDropout",
+                         "cascade_attention_backward": "CascadeAttentionBackward"}}
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    name: str  # the FFI target name
+    name: str  # the source's stem
     path: pathlib.Path  # the shared library
 
 
@@ -84,9 +87,9 @@ def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
 
 
 def load(name: str) -> Kernel | None:
-    """Kernel ``kernels/<name>.cc``, built if needed and registered with JAX as CPU FFI target ``cascade_<name>``
-    (handler symbol :data:`SYMBOLS` ``[name]``). None when turned off, without a compiler or when the build fails
-    (warned once; :func:`why_not` says why)."""
+    """Kernel ``kernels/<name>.cc``, built if needed, its handlers registered with JAX as the CPU FFI targets of
+    :data:`TARGETS` ``[name]``. None when turned off, without a compiler or when the build fails (warned once;
+    :func:`why_not` says why)."""
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -101,10 +104,9 @@ def load(name: str) -> Kernel | None:
 
                 path = _build(_SOURCES / f"{name}.cc", compiler)
                 library = ctypes.cdll.LoadLibrary(str(path))
-                target = f"cascade_{name}"
-                handler = jax.ffi.pycapsule(getattr(library, SYMBOLS[name]))
-                jax.ffi.register_ffi_target(target, handler, platform="cpu")
-                kernel = Kernel(target, path)
+                for target, symbol in TARGETS[name].items():
+                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+                kernel = Kernel(name, path)
             except (RuntimeError, OSError, AttributeError) as e:
                 _reasons[name] = f"building kernels/{name}.cc failed: {e}"
         if kernel is None and not disabled():
