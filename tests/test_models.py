@@ -301,3 +301,18 @@ def test_pytorch_bin_checkpoints_load_too(tmp_path):
     _, a = models.from_pretrained(tmp_path / "st", num_labels=2)
     _, b = models.from_pretrained(tmp_path / "bin", num_labels=2)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_gelu_exact_matches_float64_erf():
+    """The float32 erf form against scipy's erf in float64, over the range BERT's activations reach and beyond;
+    bfloat16 keeps jax.nn.gelu."""
+    from scipy.special import erf
+
+    x = np.concatenate([np.linspace(-12, 12, 20001), np.random.default_rng(0).standard_normal(5000) * 3])
+    x = x.astype(np.float32)
+    want = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+    got = np.asarray(jax.jit(models.gelu_exact)(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)
+    xb = jnp.asarray(x[:1000], jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(models.gelu_exact(xb), np.float32),
+                                  np.asarray(jax.nn.gelu(xb, approximate=False), np.float32))
