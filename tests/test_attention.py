@@ -261,6 +261,24 @@ def test_failed_build_is_reported(monkeypatch, tmp_path):
         kernels._forget()
 
 
+def test_builds_into_an_empty_cache(monkeypatch, tmp_path):
+    """What a fresh machine does: compile the kernel into an empty cache, register it, use it."""
+    if kernels._compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("CASCADE_JAX_CACHE", str(tmp_path))
+    kernels._forget()
+    try:
+        kernel = kernels.load("attention")
+        assert kernel is not None, kernels.why_not("attention")
+        assert kernel.path.is_file() and tmp_path in kernel.path.parents
+        assert [p.name for p in kernel.path.parent.iterdir()] == ["attention.so"]  # no temporary left behind
+        q, k, v, bias = inputs(np.random.default_rng(12), 2, 6, 2, 16)
+        np.testing.assert_allclose(np.asarray(jax.jit(attention.attention)(q, k, v, bias)),
+                                   reference(q, k, v, bias), atol=2e-6, rtol=1e-5)
+    finally:
+        kernels._forget()
+
+
 def test_persistent_compilation_cache_round_trip(tmp_path):
     """A program with the kernel stored in JAX's compilation cache runs when a new process loads it."""
     if kernels._compiler() is None:

@@ -41,6 +41,7 @@ class Kernel:
 _lock = threading.Lock()
 _loaded: dict[str, Kernel | None] = {}
 _reasons: dict[str, str] = {}
+_registered: dict[str, pathlib.Path] = {}  # FFI target -> the library whose handler XLA holds
 
 
 def disabled() -> bool:
@@ -105,7 +106,10 @@ def load(name: str) -> Kernel | None:
                 path = _build(_SOURCES / f"{name}.cc", compiler)
                 library = ctypes.cdll.LoadLibrary(str(path))
                 for target, symbol in TARGETS[name].items():
-                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+                    handler = getattr(library, symbol)  # AttributeError if the library lacks it
+                    if target not in _registered:  # XLA's registry is per process and keeps the first handler
+                        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+                        _registered[target] = path
                 kernel = Kernel(name, path)
             except (RuntimeError, OSError, AttributeError) as e:
                 _reasons[name] = f"building kernels/{name}.cc failed: {e}"
@@ -123,7 +127,8 @@ def why_not(name: str) -> str | None:
 
 
 def _forget() -> None:
-    """Tests only: let the next :func:`load` decide again (a registered FFI target stays registered)."""
+    """Tests only: let the next :func:`load` decide again (a registered FFI target stays registered, with the
+    handler of the library loaded first)."""
     with _lock:
         _loaded.clear()
         _reasons.clear()
