@@ -222,11 +222,16 @@ def test_model_logits_and_training_gradients():
 def test_fallback_without_compiler(monkeypatch):
     q, k, v, bias = inputs(np.random.default_rng(7), 2, 9, 2, 32)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv("PATH", "/nonexistent")  # and none on PATH either
     kernels._forget()
     try:
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*XLA's ops"):
+        with pytest.warns(RuntimeWarning, match="CXX=/nonexistent/c\\+\\+ was not found.*XLA's ops"):
             assert kernels.load("attention") is None
-        assert "no C++ compiler" in attention.status()
+        assert "/nonexistent/c++ was not found" in attention.status()
+        monkeypatch.delenv("CXX")
+        kernels._forget()
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+            assert kernels.load("attention") is None
         assert not uses_kernel(attention.attention, q, k, v, bias)
         np.testing.assert_allclose(np.asarray(jax.jit(attention.attention)(q, k, v, bias)),
                                    reference(q, k, v, bias), atol=2e-6, rtol=1e-5)

@@ -98,7 +98,8 @@ def load(name: str) -> Kernel | None:
         if disabled():
             _reasons[name] = f"turned off ({ENV_SWITCH}={os.environ[ENV_SWITCH]})"
         elif (compiler := _compiler()) is None:
-            _reasons[name] = "no C++ compiler found (set CXX, or install g++ or clang++)"
+            _reasons[name] = (f"the C++ compiler CXX={os.environ['CXX']} was not found" if os.environ.get("CXX")
+                              else "no C++ compiler found (set CXX, or install g++ or clang++)")
         else:
             try:
                 import jax
