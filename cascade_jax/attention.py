@@ -80,11 +80,19 @@ def _fused_bwd(residuals, g):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _kernel_applies(q, k, v, key_bias, implementation) -> bool:
+def _kernel_applies(q, k, v, key_bias, keep, implementation) -> bool:
+    """Whether the kernel takes these operands exactly as they are (anything else goes to XLA's ops, which also
+    broadcast): q [B, Lq, H, D], k and v [B, Lk, H, D] of one dtype, key_bias [B, Lk] and keep [B, H, Lq, Lk]
+    float32."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: use one of {', '.join(IMPLEMENTATIONS)}")
-    return (implementation == "auto" and q.ndim == 4 and q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-            and key_bias.dtype == jnp.float32 and q.shape[-1] in HEAD_DIMS and k.shape[1] > 0
+    if implementation != "auto" or q.ndim != 4 or k.ndim != 4:
+        return False
+    (b, lq, h, d), lk = q.shape, k.shape[1]
+    shapes_fit = (k.shape == v.shape == (b, lk, h, d) and key_bias.shape == (b, lk) and lk > 0
+                  and (keep is None or (keep.shape == (b, h, lq, lk) and keep.dtype == jnp.float32)))
+    return (shapes_fit and q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
+            and key_bias.dtype == jnp.float32 and d in HEAD_DIMS
             and jax.default_backend() == "cpu" and kernels.load("attention") is not None)
 
 
@@ -92,8 +100,9 @@ def attention(q, k, v, key_bias, implementation: str = "auto", keep=None):
     """Softmax attention (module docstring): with ``implementation`` "auto" the fused kernel on CPU where it applies
     (float32 or bfloat16, head width in :data:`HEAD_DIMS`, kernel built), else :func:`xla_attention`; "xla": always
     :func:`xla_attention` (the model's ``BertConfig.attn_implementation``). ``keep``: dropout on the probabilities,
-    as multipliers [B, H, Lq, Lk] (0 where dropped, 1 / keep probability elsewhere), or None."""
-    if not _kernel_applies(q, k, v, key_bias, implementation):
+    as multipliers [B, H, Lq, Lk] (0 where dropped, 1 / keep probability elsewhere), or None; on the kernel's path
+    it is a constant (its gradient is zero). Which path is taken is decided when the function is traced."""
+    if not _kernel_applies(q, k, v, key_bias, keep, implementation):
         return xla_attention(q, k, v, key_bias, None if keep is None else (lambda p: p * keep))
     if keep is None:
         keep = jnp.zeros((0,), jnp.float32)

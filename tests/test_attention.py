@@ -34,6 +34,8 @@ def reference(q, k, v, bias):
 def needs_kernel():
     """The kernel where a compiler exists (a failed build then fails the test); skipped without one."""
     kernels._forget()
+    if jax.default_backend() != "cpu":
+        pytest.skip(f"backend {jax.default_backend()}: the fused kernel is for CPU")
     if kernels._compiler() is None:
         pytest.skip("no C++ compiler: the fused kernel cannot be built here")
     kernel = kernels.load("attention")
@@ -172,6 +174,13 @@ def test_kernel_only_where_it_applies():
     assert not uses_kernel(lambda *a: attention.attention(*a, "xla"), q, k, v, bias)
     with pytest.raises(ValueError, match="'flash'.*auto, xla"):
         attention.attention(q, k, v, bias, "flash")
+    # Operands the kernel does not take as they are go to XLA's ops (which broadcast them).
+    b1 = bias[:1]
+    assert not uses_kernel(attention.attention, q, k, v, b1)
+    np.testing.assert_allclose(np.asarray(jax.jit(attention.attention)(q, k, v, b1)),
+                               reference(q, k, v, jnp.broadcast_to(b1, bias.shape)), atol=2e-6, rtol=1e-5)
+    for keep in (jnp.ones((2, 1, 8, 8)), jnp.ones((2, 2, 8, 8), jnp.bfloat16), jnp.ones((2, 2, 1, 8))):
+        assert not uses_kernel(lambda *a, keep=keep: attention.attention(*a, keep=keep), q, k, v, bias)
     q20 = jnp.ones((2, 8, 2, 20))  # a head width the kernel is not compiled for
     assert not uses_kernel(attention.attention, q20, q20, q20, bias)
     assert not uses_kernel(attention.attention, q.astype(jnp.float16), k.astype(jnp.float16),

@@ -7,7 +7,9 @@
 The shared library lands in ``<cascade_jax.assets.cache_dir()>/kernels/<key>/`` where the key hashes the source, the
 compiler and its flags, jax/jaxlib and the CPU (``-march=native``: a library built for one CPU may not run on
 another). A missing compiler or a failed build is reported once (a warning naming the cause) and the callers fall
-back to XLA's own ops. ``$CXX`` picks the compiler (default: the first of c++, g++, clang++ on ``PATH``).
+back to XLA's own ops. ``$CXX`` picks the compiler (default: the first of c++, g++, clang++ on ``PATH``). The
+switch and the outcome are read once per process, when a function using a kernel is first traced: set the switch
+before.
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ def _compiler() -> str | None:
     return next((found for c in ("c++", "g++", "clang++") if (found := shutil.which(c))), None)
 
 
+def _cpu_description() -> str:
+    """What ``-march=native`` depends on, from /proc/cpuinfo: x86's model name and flags, ARM's implementer, part and
+    features (xla._machine_key reads only the x86 lines)."""
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU part")
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = {ln.strip() for ln in f if ln.split(":")[0].strip() in keys}
+    except OSError:
+        import platform
+
+        return platform.processor() + platform.machine()
+    return "|".join(sorted(lines))
+
+
 def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
     """Compile ``source`` into the cache (once per key); returns the library's path. Raises RuntimeError."""
     import jax
@@ -66,7 +82,9 @@ def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"cannot run the C++ compiler {compiler}: {e}") from e
-    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key()]).encode()
+    cpu = _cpu_description()
+    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key(),
+                                           cpu]).encode()
     key = hashlib.sha256(text).hexdigest()[:16]
     target = assets.cache_dir() / "kernels" / key / (source.stem + ".so")
     if target.exists():

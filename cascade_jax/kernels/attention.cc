@@ -110,7 +110,7 @@ struct Shape {
   int64_t lq_pad, lk_pad;  // lq rounded up to the row block, lk to the vector width
 };
 
-// Rows of queries processed together: 8 for head width 32 (8 x 2 vector accumulators), else 4.
+// Rows of queries processed together: 8 for head widths up to 32 (8 x 2 vector accumulators), else 4.
 template <int D>
 constexpr int row_block() { return D <= 32 ? 8 : 4; }
 
@@ -421,8 +421,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi
                    ffi::Buffer<ffi::F32> bias, const ffi::Buffer<ffi::F32>* keep, ffi::AnyBuffer out) {
   Shape sh;
   if (auto e = parse(q, k, v, bias, keep, sh); e.failure()) return e;
-  if (out.element_type() != q.element_type())
-    return ffi::Error::InvalidArgument("cascade_attention: the output must have q's dtype");
+  if (out.element_type() != q.element_type() || out.element_count() != q.element_count())
+    return ffi::Error::InvalidArgument("cascade_attention: the output must be like q");
   if (sh.n * sh.lq * sh.h == 0) return ffi::Error::Success();
   const float* kp = keep != nullptr && keep->element_count() != 0 ? keep->typed_data() : nullptr;
   return q.element_type() == ffi::F32 ? forward<float>(pool, q, k, v, bias, kp, out, sh)
@@ -470,7 +470,9 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
     if (x->element_type() != q.element_type() || x->element_count() != q.element_count())
       return ffi::Error::InvalidArgument("cascade_attention_backward: out and g must be like q");
   if (dq->element_type() != q.element_type() || dk->element_type() != q.element_type() ||
-      dv->element_type() != q.element_type() || int64_t(dbias->element_count()) != sh.n * sh.h * sh.lk)
+      dv->element_type() != q.element_type() || dq->element_count() != q.element_count() ||
+      dk->element_count() != k.element_count() || dv->element_count() != v.element_count() ||
+      int64_t(dbias->element_count()) != sh.n * sh.h * sh.lk)
     return ffi::Error::InvalidArgument("cascade_attention_backward: results must be like q, k, v and [..., H, Lk]");
   if (sh.n * sh.h == 0) return ffi::Error::Success();
   if (sh.lq == 0) {  // no queries: every gradient is zero
