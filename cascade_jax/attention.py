@@ -103,14 +103,14 @@ def attention(q, k, v, key_bias, implementation: str = "auto", keep=None):
     as multipliers [B, H, Lq, Lk] (0 where dropped, 1 / keep probability elsewhere), or None; on the kernel's path
     it is a constant (its gradient is zero). Which path is taken is decided when the function is traced."""
     if not _kernel_applies(q, k, v, key_bias, keep, implementation):
-        return xla_attention(q, k, v, key_bias, None if keep is None else (lambda p: p * keep))
-    if keep is None:
-        keep = jnp.zeros((0,), jnp.float32)
+        return _xla_with_keep(q, k, v, key_bias, keep)
+    keep = jnp.zeros((0,), jnp.float32) if keep is None else keep  # the kernel's "no dropout"
+    return jax.lax.platform_dependent(q, k, v, key_bias, keep, cpu=_fused, default=_xla_with_keep)
 
-    def xla_ops(q, k, v, key_bias, keep):
-        return xla_attention(q, k, v, key_bias, None if keep.size == 0 else (lambda p: p * keep))
 
-    return jax.lax.platform_dependent(q, k, v, key_bias, keep, cpu=_fused, default=xla_ops)
+def _xla_with_keep(q, k, v, key_bias, keep):
+    """:func:`xla_attention` with the dropout multipliers ``keep`` (None or empty: no dropout)."""
+    return xla_attention(q, k, v, key_bias, None if keep is None or keep.size == 0 else (lambda p: p * keep))
 
 
 def status() -> str:

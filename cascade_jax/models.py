@@ -72,8 +72,8 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
-    # Ours, not Hugging Face's (never read from or written to config.json): "auto" runs attention without dropout
-    # on the fused CPU kernel where it applies, "xla" always with XLA's ops (cascade_jax/attention.py).
+    # Ours, not Hugging Face's (never read from or written to config.json): "auto" runs attention (and its dropout
+    # and gradients) on the fused CPU kernel where it applies, "xla" always with XLA's ops (cascade_jax/attention.py).
     attn_implementation: str = "auto"
 
     def __post_init__(self):

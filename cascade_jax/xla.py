@@ -96,9 +96,13 @@ CACHE_ENV = "CASCADE_JAX_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 4 << 30  # Least recently used programs are deleted beyond this (needs the filelock package).
 
 
+ARM_CPUINFO = ("CPU implementer", "CPU architecture", "CPU part", "Features")
+
+
 def _machine_key() -> str:
     """A short hash of what a compiled CPU program depends on: jax and jaxlib versions, the architecture and the
-    CPU's model and feature flags (an executable compiled for one CPU's features may not run on another)."""
+    CPU's model and feature flags (an executable compiled for one CPU's features may not run on another; on ARM the
+    implementer, part and features)."""
     import jaxlib
 
     cpu = ""
@@ -106,6 +110,10 @@ def _machine_key() -> str:
         with open("/proc/cpuinfo") as f:
             lines = f.read().splitlines()
         cpu = "|".join(next((ln for ln in lines if ln.startswith(k)), "") for k in ("model name", "flags"))
+        # ARM has neither line; its CPU is told by these (x86 has none of them, so its key is as before).
+        arm = [next((ln for ln in lines if ln.startswith(k)), "") for k in ARM_CPUINFO]
+        if any(arm):
+            cpu += "|" + "|".join(arm)
     except OSError:
         cpu = platform.processor()
     text = f"{jax.__version__}|{getattr(jaxlib, '__version__', '')}|{platform.machine()}|{cpu}"

@@ -107,3 +107,27 @@ def test_the_compilation_cache_can_be_turned_off_and_a_users_folder_is_kept(tmp_
     mine = tmp_path / "mine"
     said, hits, _, _ = _cache_probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(mine))
     assert said == f"{mine} (set by the user)" and hits == 1 and not (tmp_path / "xla").exists()
+
+
+def test_machine_key_tells_cpus_apart_on_x86_and_arm(monkeypatch):
+    """The key of compiled programs (and of the C++ kernels built with -march=native) follows the CPU: x86's model
+    name and flags, ARM's implementer, part and features."""
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def keys(*cpuinfos):
+        out = []
+        for text in cpuinfos:
+            monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(text) if f == "/proc/cpuinfo"
+                                else real_open(f, *a, **k))
+            out.append(xla._machine_key())
+        monkeypatch.setattr(builtins, "open", real_open)
+        return out
+
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd40\n"
+    a, b, c, d, e = keys(x86, x86.replace(" avx512f", ""), arm, arm.replace("0xd40", "0xd0c"), arm.replace(" sve", ""))
+    assert len({a, b, c, d, e}) == 5
+    assert keys(x86) == [a]

@@ -43,7 +43,7 @@ class Kernel:
 _lock = threading.Lock()
 _loaded: dict[str, Kernel | None] = {}
 _reasons: dict[str, str] = {}
-_registered: dict[str, pathlib.Path] = {}  # FFI target -> the library whose handler XLA holds
+_registered: set[str] = set()  # FFI targets registered in this process (XLA keeps the first handler)
 
 
 def disabled() -> bool:
@@ -54,20 +54,6 @@ def _compiler() -> str | None:
     if os.environ.get("CXX"):
         return shutil.which(os.environ["CXX"])
     return next((found for c in ("c++", "g++", "clang++") if (found := shutil.which(c))), None)
-
-
-def _cpu_description() -> str:
-    """What ``-march=native`` depends on, from /proc/cpuinfo: x86's model name and flags, ARM's implementer, part and
-    features (xla._machine_key reads only the x86 lines)."""
-    keys = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU part")
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = {ln.strip() for ln in f if ln.split(":")[0].strip() in keys}
-    except OSError:
-        import platform
-
-        return platform.processor() + platform.machine()
-    return "|".join(sorted(lines))
 
 
 def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
@@ -82,9 +68,7 @@ def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"cannot run the C++ compiler {compiler}: {e}") from e
-    cpu = _cpu_description()
-    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key(),
-                                           cpu]).encode()
+    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key()]).encode()
     key = hashlib.sha256(text).hexdigest()[:16]
     target = assets.cache_dir() / "kernels" / key / (source.stem + ".so")
     if target.exists():
@@ -128,7 +112,7 @@ def load(name: str) -> Kernel | None:
                     handler = getattr(library, symbol)  # AttributeError if the library lacks it
                     if target not in _registered:  # XLA's registry is per process and keeps the first handler
                         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
-                        _registered[target] = path
+                        _registered.add(target)
                 kernel = Kernel(name, path)
             except (RuntimeError, OSError, AttributeError) as e:
                 _reasons[name] = f"building kernels/{name}.cc failed: {e}"

@@ -92,18 +92,14 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even; NaN stays Na
   return uint16_t(bits >> 16);
 }
 
+// Element types: float, or bfloat16 held as uint16_t.
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) { return bf16_to_float(x); }
 template <typename T>
-inline float to_float(T x);
-template <>
-inline float to_float<float>(float x) { return x; }
-template <>
-inline float to_float<uint16_t>(uint16_t x) { return bf16_to_float(x); }
-template <typename T>
-inline T from_float(float x);
-template <>
-inline float from_float<float>(float x) { return x; }
-template <>
-inline uint16_t from_float<uint16_t>(float x) { return float_to_bf16(x); }
+inline T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else return float_to_bf16(x);
+}
 
 struct Shape {
   int64_t n, lq, lk, h, d;
