@@ -99,7 +99,7 @@ def _kernel_applies(q, k, v, key_bias, keep, implementation) -> bool:
 def attention(q, k, v, key_bias, implementation: str = "auto", keep=None):
     """Softmax attention (module docstring): with ``implementation`` "auto" the fused kernel on CPU where it applies
     (float32 or bfloat16, head width in :data:`HEAD_DIMS`, kernel built), else :func:`xla_attention`; "xla": always
-    :func:`xla_attention` (the model's ``BertConfig.attn_implementation``). ``keep``: dropout on the probabilities,
+    :func:`xla_attention` (the model's ``BertConfig.kernels``). ``keep``: dropout on the probabilities,
     as multipliers [B, H, Lq, Lk] (0 where dropped, 1 / keep probability elsewhere), or None; on the kernel's path
     it is a constant (its gradient is zero). Which path is taken is decided when the function is traced."""
     if not _kernel_applies(q, k, v, key_bias, keep, implementation):

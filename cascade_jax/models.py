@@ -24,22 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cascade_jax import assets, attention
+from cascade_jax import assets, attention, dense
 
 BUILTIN_MODELS = ("minilm-l6", "minilm-l3")
 
-def gelu_exact(x):
-    """GELU with the error function, as PyTorch computes it: ``0.5 x (1 + erf(x / sqrt(2)))``. In float32 this form
-    runs about 1.8x faster on XLA:CPU than ``jax.nn.gelu``'s erfc form (docs/bench_model.md, session 15) at an
-    absolute error within ~1e-6 of float64; other dtypes keep ``jax.nn.gelu`` (in bfloat16, ``1 + erf`` cancels for
-    negative inputs)."""
-    if x.dtype == jnp.float32:
-        return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
-    return jax.nn.gelu(x, approximate=False)
-
-
 _ACTIVATIONS: dict[str, Callable] = {
-    "gelu": gelu_exact,
+    "gelu": dense.gelu_exact,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
@@ -73,8 +63,9 @@ class BertConfig:
     num_labels: int = 2
     classifier_dropout: float | None = None
     # Ours, not Hugging Face's (never read from or written to config.json): "auto" runs attention (and its dropout
-    # and gradients) on the fused CPU kernel where it applies, "xla" always with XLA's ops (cascade_jax/attention.py).
-    attn_implementation: str = "auto"
+    # and gradients) and bfloat16 dense layers on the library's CPU kernels where they apply, "xla" always with
+    # XLA's ops (cascade_jax/attention.py, cascade_jax/dense.py).
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -83,13 +74,12 @@ class BertConfig:
             )
         if self.hidden_act not in _ACTIVATIONS:
             raise ModelLoadError(f"hidden_act {self.hidden_act!r} is not supported; known: {sorted(_ACTIVATIONS)}")
-        if self.attn_implementation not in attention.IMPLEMENTATIONS:
-            raise ModelLoadError(f"attn_implementation {self.attn_implementation!r}: use one of "
-                                 f"{', '.join(attention.IMPLEMENTATIONS)}")
+        if self.kernels not in attention.IMPLEMENTATIONS:
+            raise ModelLoadError(f"kernels {self.kernels!r}: use one of {', '.join(attention.IMPLEMENTATIONS)}")
 
     @classmethod
     def from_dict(cls, d: dict, **overrides) -> "BertConfig":
-        fields = {f.name for f in dataclasses.fields(cls)} - {"attn_implementation"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"kernels"}
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
             kwargs["num_labels"] = len(d["id2label"])
@@ -101,7 +91,7 @@ class BertConfig:
     def to_hf_dict(self) -> dict:
         d = dataclasses.asdict(self)
         num_labels = d.pop("num_labels")
-        d.pop("attn_implementation")
+        d.pop("kernels")
         d.update(
             model_type="bert",
             architectures=["BertForSequenceClassification"],
@@ -120,30 +110,41 @@ class BertOutput:
     hidden_states: tuple[jax.Array, ...] | None = None
 
 
-class _Dense(nn.Dense):
-    """``nn.Dense`` whose output is cast back to ``dtype``: with a low-precision ``dtype`` the matmul accumulates
-    and adds the bias in float32 (``preferred_element_type``), see :func:`_dense`."""
+class _LowPrecisionDense(nn.Module):
+    """A dense layer computing in a low-precision ``dtype`` (bfloat16) through :func:`dense.dense`: the fused CPU
+    kernel where it applies, else a dot with ``dtype`` operands and float32 accumulation (XLA:CPU sends it to
+    YNNPACK's bf16 kernels, while a bf16 -> bf16 dot is converted to float32 first: docs/bench_model.md), the bias in
+    float32, the cast back to ``dtype``. ``activation``: applied after, fused into the kernel when it is "gelu".
+    Parameters as ``nn.Dense``'s ("kernel" [K, N], "bias" [N])."""
+
+    features: int
+    dtype: Any
+    kernel_init: Callable
+    activation: str | None = None
+    implementation: str = "auto"
 
     @nn.compact
-    def __call__(self, inputs):
-        return super().__call__(inputs).astype(self.dtype)
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        fused = self.activation if self.activation in dense.ACTIVATIONS else None
+        y = dense.dense(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype), fused,
+                        self.implementation)
+        return y if self.activation == fused else _ACTIVATIONS[self.activation](y)
 
 
 def _accumulate_f32(dtype) -> bool:
     return jnp.dtype(dtype) != jnp.float32
 
 
-def _dense(config: BertConfig, features: int, dtype, name: str) -> nn.Dense:
-    """A dense layer computing in ``dtype``. Below float32 (bfloat16), its dot takes bf16 operands and accumulates
-    in float32: XLA:CPU sends such a dot to YNNPACK's bf16 kernels (AVX512-BF16 / AMX where the CPU has them),
-    while a bf16 -> bf16 dot is converted to float32 first (docs/bench_model.md); on GPU/TPU it is the usual
-    mixed-precision matmul. float32 keeps ``nn.Dense`` exactly."""
-    common = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.normal(config.initializer_range),
-                  name=name)
-    if not _accumulate_f32(dtype):
-        return nn.Dense(features, **common)
-    return _Dense(features, dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32),
-                  **common)
+def _dense(config: BertConfig, features: int, dtype, name: str, activation: str | None = None) -> nn.Module:
+    """A dense layer computing in ``dtype``, followed by ``activation`` (a ``hidden_act`` name, or None). float32
+    keeps ``nn.Dense`` exactly; below it (bfloat16), :class:`_LowPrecisionDense`."""
+    init = nn.initializers.normal(config.initializer_range)
+    if _accumulate_f32(dtype):
+        return _LowPrecisionDense(features, dtype, init, activation, config.kernels, name=name)
+    layer = nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
+    return layer if activation is None else lambda x: _ACTIVATIONS[activation](layer(x))
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
@@ -194,7 +195,7 @@ class BertSelfAttention(nn.Module):
         if not deterministic and c.attention_probs_dropout_prob > 0:  # dropout multipliers on the probabilities
             shape = (q.shape[0], heads, q.shape[1], k.shape[1])
             keep = nn.Dropout(c.attention_probs_dropout_prob)(jnp.ones(shape, jnp.float32), deterministic=False)
-        context = attention.attention(q, k, v, key_bias, c.attn_implementation, keep)
+        context = attention.attention(q, k, v, key_bias, c.kernels, keep)
         return context.reshape(context.shape[:2] + (c.hidden_size,))
 
 
@@ -229,7 +230,7 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        return _ACTIVATIONS[c.hidden_act](_dense(c, c.intermediate_size, self.dtype, "dense")(x))
+        return _dense(c, c.intermediate_size, self.dtype, "dense", c.hidden_act)(x)
 
 
 class BertLayer(nn.Module):

@@ -176,7 +176,7 @@ def jax_forward(model: str, seed: int, bf16: bool = False, xla_default: bool = F
     else:
         module, params = models.from_pretrained(model, num_labels=2, seed=seed)
     if xla_default:  # XLA's attention ops instead of the fused CPU kernel
-        module = module.clone(config=dataclasses.replace(module.config, attn_implementation="xla"))
+        module = module.clone(config=dataclasses.replace(module.config, kernels="xla"))
     fn = (jax.jit if xla_default else xla.jit)(models.logits_fn(module))
 
     def make(ids):

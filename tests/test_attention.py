@@ -191,7 +191,7 @@ def test_kernel_only_where_it_applies():
 
 
 def test_model_logits_and_training_gradients():
-    """The model with the kernel and with XLA's ops (attn_implementation="xla"): the same logits, and in training
+    """The model with the kernel and with XLA's ops (kernels="xla"): the same logits, and in training
     (dropout on, same dropout key, so the same dropout masks) the same logits and parameter gradients."""
     needs_kernel()
     from cascade_jax import models
@@ -199,7 +199,7 @@ def test_model_logits_and_training_gradients():
     config = models.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=65, max_position_embeddings=16)  # head width 32
     module = models.BertForSequenceClassification(config)
-    xla_module = module.clone(config=dataclasses.replace(config, attn_implementation="xla"))
+    xla_module = module.clone(config=dataclasses.replace(config, kernels="xla"))
     params = models.init_params(module, jax.random.PRNGKey(0))
     rng = np.random.default_rng(8)
     mask = np.ones((4, 12), np.int32)
@@ -317,11 +317,11 @@ def test_persistent_compilation_cache_round_trip(tmp_path):
     assert runs[0].stdout == runs[1].stdout
 
 
-def test_attn_implementation_config(tmp_path):
+def test_kernels_config(tmp_path):
     from cascade_jax import models
 
-    with pytest.raises(models.ModelLoadError, match="attn_implementation 'sdpa'"):
-        models.BertConfig(attn_implementation="sdpa")
-    config = models.BertConfig(attn_implementation="xla")
-    assert "attn_implementation" not in config.to_hf_dict()  # not Hugging Face's: never written to config.json
-    assert models.BertConfig.from_dict({"attn_implementation": "sdpa"}).attn_implementation == "auto"
+    with pytest.raises(models.ModelLoadError, match="kernels 'sdpa'"):
+        models.BertConfig(kernels="sdpa")
+    config = models.BertConfig(kernels="xla")
+    assert "kernels" not in config.to_hf_dict()  # not Hugging Face's: never written to config.json
+    assert models.BertConfig.from_dict({"kernels": "sdpa"}).kernels == "auto"

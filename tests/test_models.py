@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from cascade_jax import assets, models
+from cascade_jax import assets, dense, models
 
 TOL = 1e-4  # float32 absolute tolerance on every hidden state, pooled output and logit.
 
@@ -311,8 +311,8 @@ def test_gelu_exact_matches_float64_erf():
     x = np.concatenate([np.linspace(-12, 12, 20001), np.random.default_rng(0).standard_normal(5000) * 3])
     x = x.astype(np.float32)
     want = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
-    got = np.asarray(jax.jit(models.gelu_exact)(jnp.asarray(x)), np.float64)
+    got = np.asarray(jax.jit(dense.gelu_exact)(jnp.asarray(x)), np.float64)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)
     xb = jnp.asarray(x[:1000], jnp.bfloat16)
-    np.testing.assert_array_equal(np.asarray(models.gelu_exact(xb), np.float32),
+    np.testing.assert_array_equal(np.asarray(dense.gelu_exact(xb), np.float32),
                                   np.asarray(jax.nn.gelu(xb, approximate=False), np.float32))

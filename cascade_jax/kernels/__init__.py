@@ -1,6 +1,7 @@
 """The project's C++ kernels for XLA:CPU: compiled on first use with the machine's C++ compiler, cached, registered.
 
   load(name) -> Kernel | None      # kernels/<name>.cc built, its FFI targets registered for CPU; or None
+                                   # (no compiler, a failed build: warned; a CPU it is not for: quietly)
   why_not(name) -> str | None      # why load(name) returned None, in words
   ENV_SWITCH                       # CASCADE_JAX_FUSED_KERNELS=0: never build or use them
 
@@ -31,7 +32,11 @@ _SOURCES = pathlib.Path(__file__).parent
 # Each kernel's FFI targets and their handler symbols in the library.
 TARGETS = {"attention": {"cascade_attention": "CascadeAttention",
                          "cascade_attention_dropout": "CascadeAttentionDropout",
-                         "cascade_attention_backward": "CascadeAttentionBackward"}}
+                         "cascade_attention_backward": "CascadeAttentionBackward"},
+           "dense": {"cascade_dense": "CascadeDense"}}
+# Kernels that run only on some CPUs: a function in the library giving None where it runs, else why not (then
+# load() gives None without a warning: nothing failed).
+UNAVAILABLE = {"dense": "CascadeDenseUnavailable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +113,13 @@ def load(name: str) -> Kernel | None:
 
                 path = _build(_SOURCES / f"{name}.cc", compiler)
                 library = ctypes.cdll.LoadLibrary(str(path))
+                if name in UNAVAILABLE:
+                    check = getattr(library, UNAVAILABLE[name])
+                    check.restype = ctypes.c_char_p
+                    if (unavailable := check()) is not None:
+                        _reasons[name] = unavailable.decode()
+                        _loaded[name] = None
+                        return None
                 for target, symbol in TARGETS[name].items():
                     handler = getattr(library, symbol)  # AttributeError if the library lacks it
                     if target not in _registered:  # XLA's registry is per process and keeps the first handler

@@ -1,0 +1,110 @@
+"""Dense layers for low-precision inference: a fused bfloat16 C++ kernel on CPUs with AVX512-BF16, XLA's ops elsewhere.
+
+  dense(x, w, b, activation=None, implementation="auto") -> y   # x [..., K], w [K, N], b [N]; y [..., N], x's dtype
+  xla_dense(x, w, b, activation=None)   # the same with XLA's ops: dot (float32 accumulation), bias, cast, activation
+  gelu_exact(x)                         # 0.5 x (1 + erf(x / sqrt 2)), as PyTorch computes GELU
+  status() -> str                       # whether dense() uses the kernel here, in words
+
+``y = act(x @ w + b)`` with ``act`` None (identity) or "gelu". For bfloat16 ``x`` and ``w`` on a CPU with AVX512-BF16
+(and without AMX, whose tiles XLA's own bf16 route can reach), :func:`dense` calls ``kernels/dense.cc``: products
+summed in float32, bias and GELU in float32 on the sums while they are in registers, one rounding to bf16. XLA:CPU
+writes the float32 product, reads it back to add the bias and round, and computes the GELU in a pass of its own
+(docs/bench_model.md). Chosen at lowering time (``jax.lax.platform_dependent``), so a GPU/TPU program never contains
+it; gradients (``jax.custom_vjp``) come from XLA's ops on the same float32 formula.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cascade_jax import kernels
+
+ACTIVATIONS = (None, "gelu")  # what the kernel fuses
+IMPLEMENTATIONS = ("auto", "xla")  # auto: the kernel where it applies; xla: XLA's ops everywhere
+_CODES = {None: 0, "gelu": 1}  # the kernel's activation attribute
+
+
+def gelu_exact(x):
+    """GELU with the error function, as PyTorch computes it: ``0.5 x (1 + erf(x / sqrt(2)))``. In float32 this form
+    runs about 1.8x faster on XLA:CPU than ``jax.nn.gelu``'s erfc form (docs/bench_model.md, session 15) at an
+    absolute error within ~1e-6 of float64; other dtypes keep ``jax.nn.gelu`` (in bfloat16, ``1 + erf`` cancels for
+    negative inputs)."""
+    if x.dtype == jnp.float32:
+        return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
+    return jax.nn.gelu(x, approximate=False)
+
+
+def xla_dense(x, w, b, activation=None):
+    """:func:`dense` with XLA's ops: the dot accumulates in float32 (bf16 operands go to YNNPACK's bf16 GEMM on
+    CPU), the bias is added in float32, the sum is cast to ``x.dtype`` and the activation applied in that dtype."""
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = (y + b.astype(jnp.float32)).astype(x.dtype)
+    return y if activation is None else gelu_exact(y)
+
+
+def _float32_formula(x, w, b, activation):
+    """The kernel's arithmetic in XLA's ops (float32 throughout, one rounding): its gradient is the kernel's."""
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = y + b.astype(jnp.float32)
+    return (y if activation is None else gelu_exact(y)).astype(x.dtype)
+
+
+def _call(x, w, b, activation):
+    out = jax.ShapeDtypeStruct(x.shape[:-1] + (w.shape[1],), x.dtype)
+    # sequential: under vmap each member's call gets its own x, w and b (the kernel takes one weight).
+    return jax.ffi.ffi_call("cascade_dense", out, vmap_method="sequential")(
+        x, w, b, activation=np.int64(_CODES[activation]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fused(x, w, b, activation):
+    return _call(x, w, b, activation)
+
+
+def _fused_fwd(x, w, b, activation):
+    return _call(x, w, b, activation), (x, w, b)
+
+
+def _fused_bwd(activation, residuals, g):
+    _, pullback = jax.vjp(lambda x, w, b: _float32_formula(x, w, b, activation), *residuals)
+    return pullback(g)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _kernel_applies(x, w, b, activation, implementation) -> bool:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"dense implementation {implementation!r}: use one of {', '.join(IMPLEMENTATIONS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"dense activation {activation!r}: use one of {ACTIVATIONS}")
+    bf16 = jnp.dtype(jnp.bfloat16)
+    return (implementation == "auto" and x.ndim >= 1 and w.ndim == 2 and b.shape == (w.shape[1],)
+            and x.shape[-1] == w.shape[0] and x.dtype == bf16 and w.dtype == bf16
+            and b.dtype in (bf16, jnp.dtype(jnp.float32))
+            and jax.default_backend() == "cpu" and kernels.load("dense") is not None)
+
+
+def dense(x, w, b, activation: str | None = None, implementation: str = "auto"):
+    """``activation(x @ w + b)`` in ``x.dtype`` (module docstring). With ``implementation`` "auto", bfloat16 ``x``
+    and ``w`` on a CPU with AVX512-BF16: the fused kernel (GELU in float32 before the one rounding); otherwise, or
+    with "xla": :func:`xla_dense`. Which path is taken is decided when the function is traced."""
+    if not _kernel_applies(x, w, b, activation, implementation):
+        return xla_dense(x, w, b, activation)
+    return jax.lax.platform_dependent(
+        x, w, b, cpu=lambda x, w, b: _fused(x, w, b, activation),
+        default=lambda x, w, b: xla_dense(x, w, b, activation))
+
+
+def status() -> str:
+    """In words: whether :func:`dense` runs the fused kernel for bfloat16 in this process (builds it if needed)."""
+    if jax.default_backend() != "cpu":
+        return f"XLA ops (backend {jax.default_backend()}; the fused kernel is for CPU)"
+    kernel = kernels.load("dense")
+    if kernel is None:
+        return f"XLA ops ({kernels.why_not('dense')})"
+    return f"fused bf16 CPU kernel ({kernel.path})"
