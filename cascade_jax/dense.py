@@ -10,7 +10,8 @@
 summed in float32, bias and GELU in float32 on the sums while they are in registers, one rounding to bf16. XLA:CPU
 writes the float32 product, reads it back to add the bias and round, and computes the GELU in a pass of its own
 (docs/bench_model.md). Chosen at lowering time (``jax.lax.platform_dependent``), so a GPU/TPU program never contains
-it; gradients (``jax.custom_vjp``) come from XLA's ops on the same float32 formula.
+it. Under differentiation (bf16 training) the kernel gives the pre-activation, kept for the backward pass, and
+XLA's ops apply the GELU; gradients (``jax.custom_vjp``) come from XLA's ops.
 """
 
 from __future__ import annotations
@@ -41,16 +42,14 @@ def gelu_exact(x):
 def xla_dense(x, w, b, activation=None):
     """:func:`dense` with XLA's ops: the dot accumulates in float32 (bf16 operands go to YNNPACK's bf16 GEMM on
     CPU), the bias is added in float32, the sum is cast to ``x.dtype`` and the activation applied in that dtype."""
-    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    y = (y + b.astype(jnp.float32)).astype(x.dtype)
+    y = _linear(x, w, b).astype(x.dtype)
     return y if activation is None else gelu_exact(y)
 
 
-def _float32_formula(x, w, b, activation):
-    """The kernel's arithmetic in XLA's ops (float32 throughout, one rounding): its gradient is the kernel's."""
+def _linear(x, w, b):
+    """``x @ w + b`` in float32 (bf16 operands, float32 accumulation)."""
     y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    y = y + b.astype(jnp.float32)
-    return (y if activation is None else gelu_exact(y)).astype(x.dtype)
+    return y + b.astype(jnp.float32)
 
 
 def _call(x, w, b, activation):
@@ -66,11 +65,20 @@ def _fused(x, w, b, activation):
 
 
 def _fused_fwd(x, w, b, activation):
-    return _call(x, w, b, activation), (x, w, b)
+    """Under differentiation (training in bf16): the kernel without the activation, whose input is kept for the
+    backward pass (so no matmul is recomputed); GELU in float32 by XLA's ops."""
+    if activation is None:
+        return _call(x, w, b, None), (x, w, b, None)
+    pre = _call(x, w, b, None)
+    return gelu_exact(pre.astype(jnp.float32)).astype(x.dtype), (x, w, b, pre)
 
 
 def _fused_bwd(activation, residuals, g):
-    _, pullback = jax.vjp(lambda x, w, b: _float32_formula(x, w, b, activation), *residuals)
+    x, w, b, pre = residuals
+    if activation is not None:
+        _, activation_pullback = jax.vjp(lambda y: gelu_exact(y.astype(jnp.float32)).astype(y.dtype), pre)
+        (g,) = activation_pullback(g)
+    _, pullback = jax.vjp(lambda x, w, b: _linear(x, w, b).astype(x.dtype), x, w, b)  # linear: no primal needed
     return pullback(g)
 
 

@@ -211,3 +211,19 @@ def test_status_in_words():
     kernels._forget()
     text = dense.status()
     assert text.startswith("fused bf16 CPU kernel") or text.startswith("XLA ops (")
+
+
+def test_training_keeps_the_pre_activation():
+    """Under differentiation the kernel runs once, without the activation, and the backward pass takes two dots (dx
+    and dw): no matmul recomputed. Its value is the inference value within two bf16 roundings."""
+    needs_kernel()
+    rng = np.random.default_rng(6)
+    x, w, b = bf16(rng.standard_normal((8, 32))), bf16(rng.standard_normal((32, 48)) / 6), bf16(rng.standard_normal(48))
+
+    def loss(x, w, b):
+        return jnp.sum(dense.dense(x, w, b, "gelu").astype(jnp.float32) ** 2)
+
+    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, w, b).as_text()
+    assert text.count("cascade_dense") == 1 and text.count("stablehlo.dot_general") == 2
+    (value, _), inference = jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, b), loss(x, w, b)
+    assert abs(float(value) - float(inference)) <= 2.0 ** -6 * abs(float(inference))
