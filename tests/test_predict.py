@@ -275,3 +275,30 @@ def test_cli_errors_are_one_line(run_dir, tmp_path):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("predict: error: "), out.stderr
         assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.real
+def test_bf16_quality_tool_on_a_run(run_dir, tmp_path, capsys):
+    """`python -m eval.bf16_quality` on a run (tiny members, the real rotten_tomatoes test split): one row per
+    recorded target; at threshold 0 both precisions exit every example at the first member; the summary lines last.
+    (The quality itself, with trained members, is measured on the quick run: docs/bench_model.md.)"""
+    import shutil
+
+    from cascade_jax import configs
+    from cascade_jax.pipeline import make_config
+    from eval import bf16_quality
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, symlinks=True)
+    config = make_config("quick", str(run), {"data.max_length": 32})
+    (run / "pipeline_config.json").write_text(json.dumps(configs.to_dict(config)))
+    run_dir = run
+    rows = bf16_quality.compare(str(run_dir), "test", batch_size=64)
+    assert [r["target"] for r in rows] == [1.25, 1.5, 2.0]
+    last = rows[-1]
+    assert last["threshold"] == 0.0 and last["same_exits"] == 1.0 and last["fp32_speedup"] == last["bf16_speedup"]
+    for r in rows:
+        assert 0.5 <= r["same_predictions"] <= 1.0 and abs(r["difference"]) <= 0.1
+    assert bf16_quality.main(["--run", str(run_dir)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("bf16 - fp32 accuracy, worst case: ") and out[-1].startswith("same exit decisions")
