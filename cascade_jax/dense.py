@@ -11,7 +11,8 @@ summed in float32, bias and GELU in float32 on the sums while they are in regist
 writes the float32 product, reads it back to add the bias and round, and computes the GELU in a pass of its own
 (docs/bench_model.md). Chosen at lowering time (``jax.lax.platform_dependent``), so a GPU/TPU program never contains
 it. Under differentiation (bf16 training) the kernel gives the pre-activation, kept for the backward pass, and
-XLA's ops apply the GELU; gradients (``jax.custom_vjp``) come from XLA's ops.
+XLA's ops apply the GELU; gradients (``jax.custom_vjp``) come from XLA's ops. Forward-mode differentiation
+(``jax.jvp``) of the kernel's path is not defined (as for the attention kernel): use ``implementation="xla"``.
 """
 
 from __future__ import annotations

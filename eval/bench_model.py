@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from cascade_jax import models, xla
+    from cascade_jax import attention, dense, models, xla
 
     jax.config.update("jax_platforms", "cpu")
     if args.threads is not None:
@@ -341,6 +341,7 @@ def main(argv=None) -> int:
     # --no-xla-default, the same functions are also compiled with XLA's default options (plain jax.jit).
     print(f"JAX path: cascade_jax.xla.jit, compiler options {xla.compiler_options()} (the library's defaults on "
           f"this backend)" + ("; also timed: plain jax.jit, XLA's defaults" if args.xla_default_too else ""))
+    print(f"CPU kernels (library defaults): attention: {attention.status()}; bf16 dense: {dense.status()}")
     print(f"load average at start: {machine.load_average()}", flush=True)
     started = time.perf_counter()
 

@@ -3,12 +3,14 @@
 //
 //   out[m, n] = bf16(act(sum_k x[m, k] w[k, n] + b[n]))      act: identity (0) or GELU with erf (1)
 //
-// x [..., K] and w [K, N] bfloat16, b [N] bfloat16 or float32, out [..., N] bfloat16. Products and sums in float32
-// (VDPBF16PS: pairs of bf16 products added into float32 lanes), the bias and the activation in float32, one
-// rounding to bf16 at the end: XLA:CPU instead writes the float32 product and reads it again to add the bias, round
-// and apply the activation (docs/bench_model.md). The weight is packed per call into panels of 32 columns with the
-// k pairs interleaved (the instruction's operand layout); a tile of 14 rows of x into the same pair layout. The
-// 14 x 32 float32 block stays in 28 registers for the whole sum. Tasks (blocks of rows) run on XLA's intra-op pool.
+// x [..., K] and w [K, N] bfloat16, b [N] bfloat16 or float32, out [..., N] bfloat16 (K = 0: act(b)). Products and
+// sums in float32 (VDPBF16PS: pairs of bf16 products added into float32 lanes; it and the conversion to bf16 treat
+// subnormals as zero), the bias and the activation in float32, one rounding to bf16 at the end: XLA:CPU instead
+// writes the float32 product and reads it again to add the bias, round and apply the activation
+// (docs/bench_model.md). The weight is packed per call into panels of 32 columns with the k pairs interleaved (the
+// instruction's operand layout); rows of x are read in place (a row of even length is a row of pairs), a partial
+// last tile or odd K copied and zero-padded. A 14 x 32 float32 block stays in 28 registers for the whole sum. Tasks
+// (blocks of rows) run on XLA's intra-op pool.
 // Without AVX512-BF16 (the compiler's -march=native decides) the handler returns an error and
 // CascadeDenseUnavailable() says why; the Python side checks that first.
 
@@ -23,7 +25,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define CASCADE_DENSE_AVAILABLE 1
 #else
@@ -205,7 +207,7 @@ ffi::Error Dense(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::
   // Tasks: blocks of TILES row tiles. Within a task, panels in chunks that fit L2; each chunk passes over the
   // task's row tiles.
   const int64_t tiles = (pr.m + MR - 1) / MR, tasks = (tiles + TILES - 1) / TILES;
-  const int64_t chunk = std::max<int64_t>(1, L2_BYTES / (panel_size * 4));
+  const int64_t chunk = std::max<int64_t>(1, L2_BYTES / std::max<int64_t>(1, panel_size * 4));  // k = 0: no sums
   const float* bp = bias.data();
   parallel_for(pool, tasks, [&, pw, bp](int64_t t) {
     thread_local std::vector<uint32_t> rows;
