@@ -112,15 +112,22 @@ def _serve(conn, factory: str, kwargs: dict) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
+DEFAULT_TIMEOUT_S = 1800.0  # a worker silent this long on one request is taken as hung (a full bench_model: ~13 min)
+
+
 class Spawned:
     """A variant in a spawned Python process of its own (a fresh interpreter: it imports only what the factory
     does; environment, working directory, ``sys.path`` and CPU affinity are inherited). The process starts now; the
-    methods block until it answers. Use as a context manager, or call :meth:`close`."""
+    methods block until it answers, at most ``timeout_s`` seconds per request (None: no limit); a worker that does not
+    answer in time is killed and reported as a :class:`WorkerError`. Use as a context manager, or call
+    :meth:`close`."""
 
-    def __init__(self, factory: str, label: str | None = None, **kwargs):
+    def __init__(self, factory: str, label: str | None = None, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                 **kwargs):
         split_name(factory)  # A malformed name fails here, not in the child.
         ctx = multiprocessing.get_context("spawn")
         self.label = label or factory
+        self.timeout_s = timeout_s
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, factory, kwargs), name=self.label, daemon=True)
         try:
@@ -134,6 +141,11 @@ class Spawned:
     def _ask(self, method: str, *args, **kw):
         try:
             self._conn.send((method, args, kw))
+            if self.timeout_s is not None and not self._conn.poll(self.timeout_s):
+                self._proc.kill()
+                self._proc.join()
+                raise WorkerError(f"variant {self.label!r}: its worker did not answer within {self.timeout_s:g} s while "
+                                  f"asked to {method}; killed (a hung call? raise timeout_s for slower machines)")
             status, value = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as e:
             self._proc.join(5)

@@ -20,13 +20,14 @@ def busy(burn_s: float = 0.02, fail_at_build: bool = False):
         raise RuntimeError("no model here (raised on purpose)")
     calls = [0]
 
-    def make(scale, fail: bool = False, exit_code: int | None = None):
+    def make(scale, fail: bool = False, exit_code: int | None = None, hang_s: float = 0.0):
         if fail:
             raise ValueError(f"bad configuration scale={scale}")
 
         def call():
             if exit_code is not None:
                 os._exit(exit_code)
+            time.sleep(hang_s)
             calls[0] += 1
             end = time.process_time() + burn_s
             while time.process_time() < end:
@@ -105,6 +106,16 @@ def test_a_worker_that_dies_is_reported_with_its_exit_code():
         v.make(scale=1, exit_code=7)
         with pytest.raises(workers.WorkerError, match=r"(?s)doomed.*exit code 7"):
             v.run(1)
+
+
+def test_a_worker_that_does_not_answer_in_time_is_killed_and_reported():
+    with workers.Spawned(f"{HERE}:busy", label="stuck", timeout_s=20) as v:
+        v.make(scale=1, hang_s=600)  # make itself answers; the call then hangs
+        v.timeout_s = 1
+        started = time.perf_counter()
+        with pytest.raises(workers.WorkerError, match=r"stuck.*did not answer within 1 s while asked to run"):
+            v.run(1)
+        assert time.perf_counter() - started < 15 and not v._proc.is_alive()
 
 
 @pytest.mark.parametrize("factory", ["no_colon", ":busy", f"{HERE}:"])
