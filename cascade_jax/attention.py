@@ -24,7 +24,7 @@ from cascade_jax import kernels
 
 HEAD_DIMS = (16, 32, 48, 64, 128)  # head widths the kernel is compiled for
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-IMPLEMENTATIONS = ("auto", "xla")  # auto: the kernel on CPU where it applies; xla: XLA's ops everywhere
+IMPLEMENTATIONS = kernels.IMPLEMENTATIONS  # auto: the kernel on CPU where it applies; xla: XLA's ops everywhere
 
 
 def bias_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -115,9 +115,4 @@ def _xla_with_keep(q, k, v, key_bias, keep):
 
 def status() -> str:
     """In words: whether :func:`attention` runs the fused kernel in this process (builds it if needed)."""
-    if jax.default_backend() != "cpu":
-        return f"XLA ops (backend {jax.default_backend()}; the fused kernel is for CPU)"
-    kernel = kernels.load("attention")
-    if kernel is None:
-        return f"XLA ops ({kernels.why_not('attention')})"
-    return f"fused CPU kernel ({kernel.path})"
+    return kernels.status("attention", "fused CPU kernel")

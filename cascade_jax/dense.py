@@ -26,7 +26,7 @@ import numpy as np
 from cascade_jax import kernels
 
 ACTIVATIONS = (None, "gelu")  # what the kernel fuses
-IMPLEMENTATIONS = ("auto", "xla")  # auto: the kernel where it applies; xla: XLA's ops everywhere
+IMPLEMENTATIONS = kernels.IMPLEMENTATIONS  # auto: the kernel where it applies; xla: XLA's ops everywhere
 _CODES = {None: 0, "gelu": 1}  # the kernel's activation attribute
 
 
@@ -111,9 +111,4 @@ def dense(x, w, b, activation: str | None = None, implementation: str = "auto"):
 
 def status() -> str:
     """In words: whether :func:`dense` runs the fused kernel for bfloat16 in this process (builds it if needed)."""
-    if jax.default_backend() != "cpu":
-        return f"XLA ops (backend {jax.default_backend()}; the fused kernel is for CPU)"
-    kernel = kernels.load("dense")
-    if kernel is None:
-        return f"XLA ops ({kernels.why_not('dense')})"
-    return f"fused bf16 CPU kernel ({kernel.path})"
+    return kernels.status("dense", "fused bf16 CPU kernel")

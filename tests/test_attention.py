@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cascade_jax import attention, kernels
+from tests.kernel_support import needs_kernel
 
 NEG = np.finfo(np.float32).min
 
@@ -29,18 +30,6 @@ def reference(q, k, v, bias):
             p = np.exp(s - s.max(axis=1, keepdims=True))
             out[n, :, j] = (p / p.sum(axis=1, keepdims=True)) @ v[n, :, j]
     return out
-
-
-def needs_kernel():
-    """The kernel where a compiler exists (a failed build then fails the test); skipped without one."""
-    kernels._forget()
-    if jax.default_backend() != "cpu":
-        pytest.skip(f"backend {jax.default_backend()}: the fused kernel is for CPU")
-    if kernels._compiler() is None:
-        pytest.skip("no C++ compiler: the fused kernel cannot be built here")
-    kernel = kernels.load("attention")
-    assert kernel is not None, kernels.why_not("attention")
-    return kernel
 
 
 def inputs(rng, b, lq, h, d, lk=None, scale=1.0, dtype=jnp.float32):
@@ -62,7 +51,7 @@ def uses_kernel(fn, *args) -> bool:
 @pytest.mark.parametrize("b,lq,lk,h,d", [(3, 13, 13, 4, 32), (1, 1, 1, 1, 16), (2, 40, 40, 2, 64), (2, 17, 33, 3, 48),
                                          (1, 9, 5, 2, 128), (4, 128, 128, 2, 32)])
 def test_kernel_matches_float64(b, lq, lk, h, d):
-    needs_kernel()
+    needs_kernel("attention")
     rng = np.random.default_rng(lq * 100 + d)
     q, k, v, bias = inputs(rng, b, lq, h, d, lk)
     assert uses_kernel(attention.attention, q, k, v, bias)
@@ -72,7 +61,7 @@ def test_kernel_matches_float64(b, lq, lk, h, d):
 
 def test_large_scores_and_underflow():
     """Scores ~ +-900: the softmax is nearly one-hot and most exponentials underflow to exactly 0."""
-    needs_kernel()
+    needs_kernel("attention")
     q, k, v, bias = inputs(np.random.default_rng(1), 2, 24, 2, 32, scale=12.0)
     got = np.asarray(jax.jit(attention.attention)(q, k, v, bias))
     np.testing.assert_allclose(got, reference(q, k, v, bias), atol=2e-5, rtol=1e-5)
@@ -80,7 +69,7 @@ def test_large_scores_and_underflow():
 
 
 def test_bfloat16_inputs():
-    needs_kernel()
+    needs_kernel("attention")
     q, k, v, bias = inputs(np.random.default_rng(2), 2, 20, 3, 32, dtype=jnp.bfloat16)
     got = jax.jit(attention.attention)(q, k, v, bias)
     assert got.dtype == jnp.bfloat16
@@ -90,7 +79,7 @@ def test_bfloat16_inputs():
 
 
 def test_gradients_match_autodiff_of_xla_ops():
-    needs_kernel()
+    needs_kernel("attention")
     q, k, v, bias = inputs(np.random.default_rng(3), 3, 11, 2, 16)
     w = jnp.asarray(np.random.default_rng(4).standard_normal(q.shape), jnp.float32)
 
@@ -124,7 +113,7 @@ def reference_dropout(q, k, v, bias, keep):
 
 @pytest.mark.parametrize("b,lq,lk,h,d", [(2, 13, 13, 3, 32), (2, 9, 21, 2, 64), (1, 5, 5, 2, 16)])
 def test_dropout_forward_and_gradients(b, lq, lk, h, d):
-    needs_kernel()
+    needs_kernel("attention")
     rng = np.random.default_rng(b * 10 + d)
     q, k, v, bias = inputs(rng, b, lq, h, d, lk)
     keep = keep_mask(rng, (b, h, lq, lk))
@@ -141,7 +130,7 @@ def test_dropout_forward_and_gradients(b, lq, lk, h, d):
 
 
 def test_bfloat16_gradients():
-    needs_kernel()
+    needs_kernel("attention")
     rng = np.random.default_rng(11)
     q, k, v, bias = inputs(rng, 2, 12, 2, 32, dtype=jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
@@ -155,7 +144,7 @@ def test_bfloat16_gradients():
 
 
 def test_vmap_over_stacked_members():
-    needs_kernel()
+    needs_kernel("attention")
     rng = np.random.default_rng(5)
     q, k, v, bias = inputs(rng, 2, 10, 2, 32)
     qs, ks, vs = (jnp.stack([x, 2 * x]) for x in (q, k, v))
@@ -168,7 +157,7 @@ def test_vmap_over_stacked_members():
 
 
 def test_kernel_only_where_it_applies():
-    needs_kernel()
+    needs_kernel("attention")
     q, k, v, bias = inputs(np.random.default_rng(6), 2, 8, 2, 32)
     assert uses_kernel(attention.attention, q, k, v, bias)
     assert not uses_kernel(lambda *a: attention.attention(*a, "xla"), q, k, v, bias)
@@ -193,7 +182,7 @@ def test_kernel_only_where_it_applies():
 def test_model_logits_and_training_gradients():
     """The model with the kernel and with XLA's ops (kernels="xla"): the same logits, and in training
     (dropout on, same dropout key, so the same dropout masks) the same logits and parameter gradients."""
-    needs_kernel()
+    needs_kernel("attention")
     from cascade_jax import models
 
     config = models.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

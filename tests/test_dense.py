@@ -12,19 +12,7 @@ import pytest
 from scipy.special import erf
 
 from cascade_jax import dense, kernels, models
-
-
-def needs_kernel():
-    """The kernel where this machine can run it; skipped without a compiler or without AVX512-BF16."""
-    kernels._forget()
-    if jax.default_backend() != "cpu":
-        pytest.skip(f"backend {jax.default_backend()}: the fused kernel is for CPU")
-    if kernels._compiler() is None:
-        pytest.skip("no C++ compiler: the fused kernel cannot be built here")
-    if kernels.load("dense") is None:
-        reason = kernels.why_not("dense")
-        assert "failed" not in reason, reason  # a failed build fails the test; a CPU without AVX512-BF16 skips
-        pytest.skip(reason)
+from tests.kernel_support import needs_kernel
 
 
 def bf16(x):
@@ -54,7 +42,7 @@ def test_matches_float64(shape, activation, bias_dtype):
     tile, leading dimensions, a 1-D x, K = 0 (the bias alone), several tasks of row tiles read in place and several
     L2 chunks of weight panels (N = 1536), several tasks with odd K: every element within float32 summation error of float64 plus one bf16 rounding, and
     nearly all exactly float64's value rounded to bf16."""
-    needs_kernel()
+    needs_kernel("dense")
     rng = np.random.default_rng(sum(shape))
     *lead, k, n = shape
     x = bf16(rng.standard_normal((*lead, k)))
@@ -73,7 +61,7 @@ def test_matches_float64(shape, activation, bias_dtype):
 def test_gelu_over_its_range():
     """With an identity weight the kernel is bf16(GELU(x)): against float64 GELU from -12 to 12, within 1e-6 on the
     far negative side where 1 + erf is tiny (as PyTorch's formula in float32) and exact where GELU(x) = x."""
-    needs_kernel()
+    needs_kernel("dense")
     n = 64
     x = np.linspace(-12, 12, 96 * n).reshape(96, n)
     xb = bf16(x)
@@ -90,7 +78,7 @@ def test_rounding_and_special_values():
     """One rounding, to nearest even: a sum half-way between two bf16 values goes to the even one (truncation would
     keep the odd one), three quarters of a step rounds up; zero rows give the bias; huge values stay finite where
     float32 holds them; a NaN input gives NaN in its row only."""
-    needs_kernel()
+    needs_kernel("dense")
     k, n = 4, 20
     w = np.zeros((k, n))
     w[0] = 1.0
@@ -110,7 +98,7 @@ def test_rounding_and_special_values():
 
 def test_gradients_match_float32_formula():
     """The kernel's gradients (custom_vjp through XLA's ops) against the formula's derivatives in float64."""
-    needs_kernel()
+    needs_kernel("dense")
     rng = np.random.default_rng(3)
     x, w, b = bf16(rng.standard_normal((2, 9, 24))), bf16(rng.standard_normal((24, 40)) / 5), bf16(rng.standard_normal(40))
     g = rng.standard_normal((2, 9, 40))
@@ -132,7 +120,7 @@ def test_gradients_match_float32_formula():
 
 def test_vmap_over_inputs_and_weights():
     """vmap over x only and over x, w and b (stacked members): each member's call."""
-    needs_kernel()
+    needs_kernel("dense")
     rng = np.random.default_rng(4)
     x, w, b = bf16(rng.standard_normal((3, 5, 16))), bf16(rng.standard_normal((3, 16, 24))), bf16(rng.standard_normal((3, 24)))
     fn = lambda x, w, b: dense.dense(x, w, b, "gelu")  # noqa: E731
@@ -145,7 +133,7 @@ def test_vmap_over_inputs_and_weights():
 def test_where_it_applies():
     """bf16 operands on CPU only: float32, implementation "xla", an unknown activation, or a CUDA export give
     XLA's ops; bad names are rejected."""
-    needs_kernel()
+    needs_kernel("dense")
     x, w, b = bf16(np.ones((4, 8))), bf16(np.ones((8, 16))), bf16(np.ones(16))
     assert uses_kernel(lambda x, w, b: dense.dense(x, w, b), x, w, b)
     f32 = [a.astype(jnp.float32) for a in (x, w, b)]
@@ -162,7 +150,7 @@ def test_where_it_applies():
 def test_xla_path_matches_kernel_within_rounding():
     """xla_dense (XLA's route: the bf16 sum rounded before its GELU) and the kernel (GELU on the float32 sum) agree
     within two bf16 roundings."""
-    needs_kernel()
+    needs_kernel("dense")
     rng = np.random.default_rng(5)
     x, w, b = bf16(rng.standard_normal((40, 64))), bf16(rng.standard_normal((64, 48)) / 8), bf16(rng.standard_normal(48))
     got = np.asarray(dense.dense(x, w, b, "gelu"), np.float64)
@@ -196,7 +184,7 @@ def test_cpus_it_is_not_for(monkeypatch, tmp_path, march, says):
 def test_bf16_model_with_and_without_kernel():
     """The tiny model in bf16: the kernel in its program, logits within bf16 error of the XLA route's and of
     float32's; float32 programs never contain it."""
-    needs_kernel()
+    needs_kernel("dense")
     config = models.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=64)
     module = models.BertForSequenceClassification(config, dtype=jnp.bfloat16)
@@ -227,7 +215,7 @@ def test_status_in_words():
 def test_training_keeps_the_pre_activation():
     """Under differentiation the kernel runs once, without the activation, and the backward pass takes two dots (dx
     and dw): no matmul recomputed. Its value is the inference value within two bf16 roundings."""
-    needs_kernel()
+    needs_kernel("dense")
     rng = np.random.default_rng(6)
     x, w, b = bf16(rng.standard_normal((8, 32))), bf16(rng.standard_normal((32, 48)) / 6), bf16(rng.standard_normal(48))
 

@@ -3,6 +3,8 @@
   load(name) -> Kernel | None      # kernels/<name>.cc built, its FFI targets registered for CPU; or None
                                    # (no compiler, a failed build: warned; a CPU it is not for: quietly)
   why_not(name) -> str | None      # why load(name) returned None, in words
+  status(name, what) -> str        # in words: "<what> (<library>)" where it runs, else "XLA ops (<why not>)"
+  IMPLEMENTATIONS                  # "auto" (the kernel where it applies) or "xla" (XLA's ops everywhere)
   ENV_SWITCH                       # CASCADE_JAX_FUSED_KERNELS=0: never build or use them
 
 The shared library lands in ``<cascade_jax.assets.cache_dir()>/kernels/<key>/`` where the key hashes the source, the
@@ -27,6 +29,7 @@ import threading
 import warnings
 
 ENV_SWITCH = "CASCADE_JAX_FUSED_KERNELS"
+IMPLEMENTATIONS = ("auto", "xla")  # auto: a kernel on CPU where it applies; xla: XLA's ops everywhere
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 _SOURCES = pathlib.Path(__file__).parent
 # Each kernel's FFI targets and their handler symbols in the library.
@@ -73,7 +76,9 @@ def _build(source: pathlib.Path, compiler: str) -> pathlib.Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"cannot run the C++ compiler {compiler}: {e}") from e
-    text = source.read_bytes() + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key()]).encode()
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # what the source may include
+    text = (source.read_bytes() + headers
+            + "|".join([compiler, version, *FLAGS, jaxlib.__version__, xla._machine_key()]).encode())
     key = hashlib.sha256(text).hexdigest()[:16]
     target = assets.cache_dir() / "kernels" / key / (source.stem + ".so")
     if target.exists():
@@ -139,6 +144,17 @@ def load(name: str) -> Kernel | None:
 def why_not(name: str) -> str | None:
     """Why :func:`load` gave None for ``name`` (None if it was not tried or succeeded)."""
     return _reasons.get(name)
+
+
+def status(name: str, what: str) -> str:
+    """In words: ``"<what> (<library path>)"`` when kernel ``name`` runs in this process (built if needed), else
+    ``"XLA ops (<why not>)"``, a backend other than CPU included."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return f"XLA ops (backend {jax.default_backend()}; the fused kernels are for CPU)"
+    kernel = load(name)
+    return f"XLA ops ({why_not(name)})" if kernel is None else f"{what} ({kernel.path})"
 
 
 def _forget() -> None:

@@ -12,20 +12,22 @@
 // vector extensions keep the code free of one instruction set: -march=native picks it.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using cascade_kernels::bf16_to_float;
+using cascade_kernels::float_to_bf16;
+using cascade_kernels::parallel_for;
 
 constexpr int W = 16;  // floats per vector
 typedef float vf __attribute__((vector_size(W * 4)));
@@ -76,20 +78,6 @@ inline float hsum(vf x) {
   float s = 0;
   for (int i = 0; i < W; ++i) s += x[i];
   return s;
-}
-
-inline float bf16_to_float(uint16_t x) {
-  uint32_t bits = uint32_t(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline uint16_t float_to_bf16(float f) {  // round to nearest even; NaN stays NaN
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffff) > 0x7f800000) return uint16_t((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return uint16_t(bits >> 16);
 }
 
 // Element types: float, or bfloat16 held as uint16_t.
@@ -326,29 +314,14 @@ void backward_one(const Shape& sh, int64_t task, const T* q, const T* k, const T
     }
 }
 
-// Runs body(task, scratch) for every task on XLA's intra-op pool. The caller works too, so the call never waits on
-// a busy pool for more than the task a helper has already begun.
+// Runs body(task, scratch) for every task on XLA's intra-op pool (parallel_for), with this thread's scratch.
 template <typename Body>
 void run_tasks(ffi::ThreadPool& pool, int64_t tasks, const Shape& sh, int rows, bool backward, Body body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [=]() {
+  parallel_for(pool, tasks, [=](int64_t t) {
     thread_local Scratch sc;
     sc.ensure(sh, rows, backward);
-    for (;;) {
-      const int64_t t = state->next.fetch_add(1);
-      if (t >= tasks) break;
-      body(t, sc);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t threads = pool.num_threads();
-  const int64_t helpers = std::min<int64_t>(threads > 0 ? threads - 1 : 0, tasks - 1);
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (state->done.load(std::memory_order_acquire) < tasks) std::this_thread::yield();
+    body(t, sc);
+  });
 }
 
 // Calls f(std::integral_constant<int, D>) for the supported head widths.

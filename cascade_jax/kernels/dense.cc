@@ -15,14 +15,13 @@
 // CascadeDenseUnavailable() says why; the Python side checks that first.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
+#include "common.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -144,28 +143,6 @@ void tile(const Problem& pr, const pairs_t* a, const uint32_t* b, const float* b
   }
 }
 
-// Runs body(task) for tasks 0..tasks-1 on XLA's intra-op pool; the caller works too.
-template <typename Body>
-void parallel_for(ffi::ThreadPool& pool, int64_t tasks, Body body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [=]() {
-    for (;;) {
-      const int64_t t = state->next.fetch_add(1);
-      if (t >= tasks) break;
-      body(t);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t threads = pool.num_threads();
-  const int64_t helpers = std::min<int64_t>(threads > 0 ? threads - 1 : 0, tasks - 1);
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (state->done.load(std::memory_order_acquire) < tasks) std::this_thread::yield();
-}
-
 ffi::Error Dense(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, int64_t activation,
                  ffi::Result<ffi::AnyBuffer> out) {
   auto dx = x.dimensions(), dw = w.dimensions(), db = b.dimensions(), dout = out->dimensions();
@@ -194,22 +171,19 @@ ffi::Error Dense(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::
     std::memcpy(bias.data(), b.untyped_data(), pr.n * sizeof(float));
   } else {
     auto bb = static_cast<const uint16_t*>(b.untyped_data());
-    for (int64_t i = 0; i < pr.n; ++i) {
-      uint32_t bits = uint32_t(bb[i]) << 16;
-      std::memcpy(&bias[i], &bits, 4);
-    }
+    for (int64_t i = 0; i < pr.n; ++i) bias[i] = cascade_kernels::bf16_to_float(bb[i]);
   }
   const int64_t panel_size = pr.k2 * NR;
   std::unique_ptr<uint32_t[]> packed(new uint32_t[pr.panels * panel_size]);
   uint32_t* pw = packed.get();
-  parallel_for(pool, pr.panels, [&](int64_t p) { pack_panel(pr, ww, p, pw + p * panel_size); });
+  cascade_kernels::parallel_for(pool, pr.panels, [&](int64_t p) { pack_panel(pr, ww, p, pw + p * panel_size); });
 
   // Tasks: blocks of TILES row tiles. Within a task, panels in chunks that fit L2; each chunk passes over the
   // task's row tiles.
   const int64_t tiles = (pr.m + MR - 1) / MR, tasks = (tiles + TILES - 1) / TILES;
   const int64_t chunk = std::max<int64_t>(1, L2_BYTES / std::max<int64_t>(1, panel_size * 4));  // k = 0: no sums
   const float* bp = bias.data();
-  parallel_for(pool, tasks, [&, pw, bp](int64_t t) {
+  cascade_kernels::parallel_for(pool, tasks, [&, pw, bp](int64_t t) {
     thread_local std::vector<uint32_t> rows;
     const int64_t first = t * TILES, last = std::min(tiles, first + TILES);
     // With k even, x's rows are already pairs: only a partial last tile is copied (zero-padded); with k odd, all.
