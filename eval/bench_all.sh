@@ -13,7 +13,7 @@
 # Shortened settings (see each benchmark's --help and docs/bench_*.md for the full runs):
 #   bench_model       minilm-l6, batch 256, length 64 only, 2 timed runs (fp32 and bf16, library defaults only)
 #   bench_train       batch 32 x length 64 (fp32 and bf16; not the YNN-off variant), 2 rounds, DAR 3 rounds, no forced-device part
-#   bench_difficulty  64 examples, K=2 x S=2, max length 32, 1 step-only repeat
+#   bench_difficulty  64 examples, K=2 x S=2, max length 32, 1 step-only repeat, a 256 MiB fresh-memory probe
 #   bench_cascade     batch 64 only, 1 timed run, the first 400 dev sentences
 set -uo pipefail
 
@@ -59,7 +59,8 @@ bench bench_model --models minilm-l6 --batch-sizes 256 --lengths 64 --repeats 2 
   --no-xla-default
 bench bench_train --lengths 64 --no-ynn-off --repeats 2 --dar-repeats 3 --warmup 1 --skip devices --gemm-repeats 3 \
   --json "$OUT/bench_train.json"
-bench bench_difficulty --subset 64 --folds 2 --seeds 2 --max-length 32 --batch-size 16 --repeats 1
+bench bench_difficulty --subset 64 --folds 2 --seeds 2 --max-length 32 --batch-size 16 --repeats 1 \
+  --memory-probe-mib 256
 bench bench_cascade --batch-sizes 64 --repeats 1 --examples 400
 
 {

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import resource
 import shutil
 import statistics
 import sys
@@ -64,7 +65,7 @@ from eval import machine  # noqa: E402
 
 # --smoke: the same two runs and the step-only comparison, as small as they go (2 lock-steps per member).
 SMOKE_DEFAULTS = dict(model="minilm-l3", subset=32, folds=2, seeds=1, epochs=1.0, batch_size=8, max_length=16,
-                      repeats=1)
+                      repeats=1, memory_probe_mib=64, memory_probe_pause=0.1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,6 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--first", choices=("vmapped", "loop"), default="vmapped",
                    help="which end-to-end run goes first (the other follows in the same process)")
     p.add_argument("--output-dir", default=None, help="keep the runs here (default: a temporary directory)")
+    p.add_argument("--memory-probe-mib", type=int, default=1024,
+                   help="size of the fresh-memory probe (MiB; 0 skips it): the time to touch memory the process has "
+                        "not used yet, at once and after a pause, with huge pages and with 4 KB pages")
+    p.add_argument("--memory-probe-pause", type=float, default=5.0,
+                   help="seconds the probe's memory stays free before it is touched again (default: 5, about two "
+                        "vmapped lock-steps)")
     args = machine.parse_args_with_smoke(p, argv, SMOKE_DEFAULTS)
     if args.smoke and args.output_dir and machine.inside_docs(args.output_dir):
         p.error("--smoke writes nothing into docs/: give --output-dir another path (or none: a temporary one)")
@@ -261,6 +268,41 @@ def print_lock_steps(shapes: list[list[tuple[int, int]]], by: dict[str, dict]) -
           f"steps: vmapped {vc:.1f} s, loop {lc:.1f} s")
 
 
+def temp_bytes(step, state, batch) -> int | None:
+    """The temporary buffer XLA gives one call of ``step`` (bytes; its compiled memory analysis), None where the
+    backend does not say. Compiles ``step`` once more (ahead of time; the jit cache has no public handle)."""
+    try:
+        stats = step.lower(state, batch).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 -- a backend without memory analysis: the table says n/a.
+        return None
+    return None if stats is None else int(stats.temp_size_in_bytes)
+
+
+def print_memory(temp: dict[str, int | None], members: int, probe_mib: int, pause: float) -> None:
+    """The step programs' per-call temporary buffers and the machine's fresh-memory rates (see the page)."""
+    def gb(x):
+        return "n/a" if x is None else f"{x / 1e9:.2f}"
+
+    print(f"\nper-call temporary buffer of the step programs (XLA's memory analysis; at the step-only widths): "
+          f"vmapped {gb(temp['vmapped'])} GB per call of {members} members, loop {gb(temp['loop'])} GB per call of "
+          f"one member")
+    if probe_mib <= 0:
+        return
+    rates = machine.fresh_memory_rates(probe_mib * 2**20, pause)
+    print(f"\nfresh memory: seconds per GiB to touch {probe_mib} MiB of newly mapped memory, at once after an equal "
+          f"block was unmapped, and after a pause of {pause:g} s (on a VM whose host takes freed memory back, the "
+          f"pause costs):\n")
+    print("| pages | at once | after a pause |")
+    print("|---|---:|---:|")
+    for pages in ("huge", "4 KB"):
+        print(f"| {pages} | {rates[(pages, 'at once')]:.2f} | {rates[(pages, 'after a pause')]:.2f} |")
+    if temp["vmapped"] is not None:
+        worst = max(rates.values())
+        print(f"\nif its temporary buffer comes back as fresh memory, one vmapped call pays up to "
+              f"{temp['vmapped'] / 2**30 * worst:.2f} s for it at the slowest rate above "
+              f"({temp['vmapped'] / 2**30 * rates[('huge', 'at once')]:.2f} s at the fastest huge-page rate)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from cascade_jax import provenance
@@ -299,9 +341,10 @@ def main(argv=None) -> int:
 
             load_before = machine.load_average()
             with Phases() as phases:
-                t0, cpu0 = time.perf_counter(), time.process_time()
+                t0, cpu0, usage0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
                 result = difficulty.label_difficulty(cfg, on_step=on_step)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                usage = resource.getrusage(resource.RUSAGE_SELF)
             s = result.summary
             steady = []  # Time between consecutive steps of a group, per member-step.
             for g in sorted({g for g, _, _, _ in stamps}):
@@ -311,6 +354,7 @@ def main(argv=None) -> int:
             rows.append({"mode": mode, "end_to_end": wall, "train": s["train_seconds"],
                          "predict": s["predict_seconds"], "member_steps": s["members"] * s["total_steps"],
                          "steady": statistics.median(steady), "cpu": cpu, "cpu_per_wall": cpu / wall,
+                         "sys": usage.ru_stime - usage0.ru_stime, "faults": usage.ru_minflt - usage0.ru_minflt,
                          "accuracy": s["mean_heldout_accuracy"], "share_hard": s["share_hard"],
                          "load": f"{load_before} -> {machine.load_average()}", **phases.breakdown(wall),
                          "lock_steps": phases.lock_steps(stamps)})
@@ -327,11 +371,13 @@ def main(argv=None) -> int:
           f"length grouping {base.get('length_grouping', difficulty.LABEL_LENGTH_GROUPING) or 'off'}; "
           f"{r0['member_steps']} member-steps per run\n")
     print("| mode | end to end s | train s | predict s | steady s per member-step | train s at steady rate | "
-          "CPU s | cpu/wall | load (1 min) before -> after | held-out acc | share hard |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+          "CPU s | of it kernel s | minor page faults | cpu/wall | load (1 min) before -> after | held-out acc | "
+          "share hard |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['mode']} | {r['end_to_end']:.1f} | {r['train']:.1f} | {r['predict']:.1f} | {r['steady']:.3f} | "
-              f"{r['steady'] * r['member_steps']:.1f} | {r['cpu']:.1f} | {r['cpu_per_wall']:.2f} | {r['load']} | "
+              f"{r['steady'] * r['member_steps']:.1f} | {r['cpu']:.1f} | {r['sys']:.1f} | {r['faults']:,} | "
+              f"{r['cpu_per_wall']:.2f} | {r['load']} | "
               f"{r['accuracy']:.3f} | {r['share_hard']:.3f} |")
     print("\nWhere each run's time goes (s): compile = JAX tracing + lowering + XLA compilation (jax.monitoring), "
           "split by where it happened; training steps = time in stacked.train_group less its compilation (the steps, "
@@ -397,6 +443,10 @@ def main(argv=None) -> int:
         print(f"| {mode} | {wall_m:.2f} | {cpu_m:.2f} | {cpu_m / wall_m:.2f} |")
     print(f"\nstep-only ratio vmapped/loop: wall {med['vmapped'][0] / med['loop'][0]:.3f}, "
           f"CPU {med['vmapped'][1] / med['loop'][1]:.3f}")
+
+    # 3. Memory: what each call of the two step programs allocates afresh, and what fresh memory costs here.
+    temp = {"vmapped": temp_bytes(step_v, state_v, batch_v), "loop": temp_bytes(step_l, state_l[0], batch_l[0])}
+    print_memory(temp, len(members), args.memory_probe_mib, args.memory_probe_pause)
     print(f"load average after: {machine.load_average()}")
     print(f"vmapped/loop time: {by['vmapped']['end_to_end'] / by['loop']['end_to_end']:.3f}")
     return 0

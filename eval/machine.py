@@ -195,3 +195,50 @@ def describe_gemms(measured: dict, best: dict) -> list[str]:
             f"{when} " + ", ".join(f"{way} {r['flops_per_s'] / 1e9:.1f}" for way, r in by_dtype[d].items())
             for when, by_dtype in measured.items()) + f"  -> GEMM rate {best[d][0] / 1e9:.1f} GFLOP/s ({best[d][1]})")
     return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cost of memory the process has not touched yet: what every call pays for a fresh temporary buffer.
+
+PAGE = 4096
+
+
+def fresh_memory_seconds(nbytes: int, huge_pages: bool, pause_s: float = 0.0) -> float:
+    """Seconds to touch ``nbytes`` of freshly mapped anonymous memory once (one write per 4 KB page: the kernel
+    finds, zeroes and maps each page), after sleeping ``pause_s`` seconds right after an equal block was unmapped.
+
+    With ``huge_pages`` the block is ``madvise``d for transparent huge pages, as glibc's ``malloc`` does for its
+    own large blocks under ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (what ``./run`` sets). A pause shows what a
+    virtual machine costs when its host takes freed memory back (free page reporting): memory unmapped and mapped
+    again at once is cheap, memory left free for a few seconds can cost many times more."""
+    import mmap
+
+    import numpy as np
+
+    def touch() -> float:
+        block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            if huge_pages and hasattr(block, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+                block.madvise(mmap.MADV_HUGEPAGE)
+            view = np.frombuffer(block, dtype=np.uint8)
+            t0 = time.perf_counter()
+            view[::PAGE] = 1
+            seconds = time.perf_counter() - t0
+            del view
+            return seconds
+        finally:
+            block.close()
+
+    touch()  # An equal block, unmapped right before the pause.
+    time.sleep(pause_s)
+    return touch()
+
+
+def fresh_memory_rates(nbytes: int, pause_s: float) -> dict[tuple[str, str], float]:
+    """Seconds per GiB of :func:`fresh_memory_seconds`, ``{(pages, when): s/GiB}`` for pages "huge" and "4 KB",
+    when "at once" (no pause) and "after a pause" (``pause_s``)."""
+    out = {}
+    for pages, huge in (("huge", True), ("4 KB", False)):
+        for when, pause in (("at once", 0.0), ("after a pause", pause_s)):
+            out[(pages, when)] = fresh_memory_seconds(nbytes, huge, pause) / (nbytes / 2**30)
+    return out

@@ -33,7 +33,8 @@ LAST_LINE = {
 # Text a smoke run's output must contain besides the summary lines.
 ALSO_PRINTED = {
     "eval.bench_difficulty": ["| mode | end to end | compile | in training | in prediction | elsewhere | "
-                              "training steps | prediction | rest |", "token positions a training run computes"],
+                              "training steps | prediction | rest |", "token positions a training run computes",
+                              "per-call temporary buffer of the step programs", "| pages | at once | after a pause |"],
     "eval.bench_model": ["GEMM [n, n] @ [n, n]", "Achieved GFLOP/s", "each variant in a process of its own"],
     "eval.bench_train": ["fp32 GEMM [n, n] @ [n, n]", "part 1: each step in a process of its own"],
 }
@@ -174,3 +175,33 @@ def test_interleaved_rounds_settle_each_variant_before_timing_it(settle, monkeyp
         assert calls[i - settle:i + 1] == [calls[i]] * (settle + 1)
     firsts = [rounds[r * 3 * (settle + 1)] for r in range(4)]
     assert firsts == ["a", "b", "c", "a"]  # Rotating which goes first.
+
+
+def test_fresh_memory_probe_times_the_touch_not_the_pause():
+    import resource
+
+    from eval import machine
+
+    nbytes = 4 * 2**20
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = machine.fresh_memory_seconds(nbytes, huge_pages=False, pause_s=0.3)
+    assert 0 < seconds < 0.3  # Touching 4 MiB takes milliseconds; the pause before it is not timed.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults >= 2  # Both blocks were touched.
+    rates = machine.fresh_memory_rates(nbytes, pause_s=0.0)
+    assert set(rates) == {(p, w) for p in ("huge", "4 KB") for w in ("at once", "after a pause")}
+    assert all(r > 0 for r in rates.values())
+
+
+def test_temp_bytes_reads_xla_memory_analysis_and_says_none_without_it():
+    import jax
+    import jax.numpy as jnp
+
+    from eval.bench_difficulty import temp_bytes
+
+    x = jnp.ones((256, 256), jnp.float32)
+    fn = jax.jit(lambda a, b: (jnp.sin(a @ b) @ b).sum())
+    got = temp_bytes(fn, x, x)
+    if jax.default_backend() == "cpu":
+        assert got is not None  # XLA:CPU reports its buffer sizes.
+    assert got is None or got >= 256 * 256 * 4  # The [256, 256] intermediate lives in the temporary buffer.
+    assert temp_bytes(lambda a, b: a, x, x) is None  # Not a jitted function: no analysis, no crash.
