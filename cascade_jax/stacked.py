@@ -439,7 +439,8 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class MemberSetConfig:
     """Members that share a model, data, optimiser and loss kind and differ only in numbers (``variants``), trained
-    as one vmapped run (saved as ``config.json``; resumable like ``fit``)."""
+    as vmapped groups of ``chunk`` members (saved as ``config.json``; resumable like ``fit``). ``chunk=None`` is
+    decided per run by :func:`resolve_chunk`: one member at a time on CPU, all at once on GPU/TPU."""
 
     output_dir: str = configs.field("", "where the members, checkpoints and logs go; reused to resume")
     model: ModelConfig = section(ModelConfig)
@@ -450,7 +451,10 @@ class MemberSetConfig:
     variants: tuple[Variant, ...] = configs.field((), "the members")
     difficulty_file: str | None = configs.field(None, "difficulty labels keyed by example id, for dar")
     teacher: str | None = configs.field(None, "teacher model directory for kd")
-    chunk: int | None = configs.field(None, "train at most C members at once (default: all)")
+    chunk: int | None = configs.field(
+        None, "train at most C members at once; automatic: one at a time on CPU (faster there, with one member's "
+              "memory: docs/bench_difficulty.md), all at once on GPU/TPU; a run folder keeps the grouping it was "
+              "made with")
 
     def __post_init__(self):
         if not self.output_dir or not self.variants:
@@ -458,6 +462,8 @@ class MemberSetConfig:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or not all(names):
             raise configs.ConfigError(f"variant names must be distinct and non-empty, got {names}")
+        if self.chunk is not None and self.chunk < 1:
+            raise configs.ConfigError(f"chunk must be a positive number of members, got {self.chunk}")
 
 
 @dataclasses.dataclass
@@ -471,15 +477,31 @@ def _member_dir(config: MemberSetConfig, name: str) -> pathlib.Path:
     return pathlib.Path(config.output_dir) / name
 
 
+def resolve_chunk(config: MemberSetConfig, platform: str) -> MemberSetConfig:
+    """``config`` with ``chunk`` decided when it is None (automatic): the grouping its output folder was made with
+    if it holds a run (so that a run resumes the same way on any machine; None there: all members at once), else 1
+    on CPU and all members at once elsewhere (``platform``: the devices' platform). On CPU the vmapped group buys no
+    speed and costs memory: the quick preset's small stage with three seeds (six minilm-l3 members) took 178-196 s
+    and 6.1-6.3 GB together, 150-156 s and 2.3-2.5 GB one at a time (docs/bench_difficulty.md, session 17)."""
+    if config.chunk is not None:
+        return config
+    saved = configs.read_saved(config.output_dir, trainer.CONFIG_FILE)
+    if isinstance(saved, dict):  # A run is there (another layout: check_resume says so).
+        chunk = saved.get("chunk")
+        return dataclasses.replace(config, chunk=chunk if isinstance(chunk, int) else None)
+    return dataclasses.replace(config, chunk=1 if platform == "cpu" else None)
+
+
 def fit_members(config: MemberSetConfig, *, dp: parallel.DataParallel | None = None,
                 on_step: Callable[[int, dict], None] | None = None) -> MemberSetResult:
-    """Train every variant of ``config`` on the whole training split as one vmapped run (groups of ``chunk``);
-    each member ends as ``OUTPUT/<name>/model`` (its best dev checkpoint, or its last parameters with
-    ``run.eval_every = -1``) with ``OUTPUT/<name>/summary.json``. Resumable; SIGTERM or Ctrl-C checkpoint and stop.
+    """Train every variant of ``config`` on the whole training split in vmapped groups of ``chunk`` (see
+    :func:`resolve_chunk`); each member ends as ``OUTPUT/<name>/model`` (its best dev checkpoint, or its last
+    parameters with ``run.eval_every = -1``) with ``OUTPUT/<name>/summary.json``. Resumable; SIGTERM or Ctrl-C checkpoint and stop.
     Equals separate :func:`trainer.fit` runs of the variants up to float rounding (tested)."""
     out = pathlib.Path(config.output_dir)
     dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0
+    config = resolve_chunk(config, dp.platform)
     configs.check_resume(out, trainer.CONFIG_FILE, config)
     tokenizer = models.tokenizer_for(config.model.name)
     as_train = trainer.TrainConfig(output_dir=str(out), model=config.model, data=config.data, optim=config.optim,

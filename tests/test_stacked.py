@@ -52,7 +52,7 @@ def single_config(workspace, name, variant, **kw):
 
 @pytest.fixture(scope="module")
 def together(workspace):
-    return stacked.fit_members(set_config(workspace, "together"))
+    return stacked.fit_members(set_config(workspace, "together", chunk=3))  # One vmapped group of all three.
 
 
 def test_stacked_members_equal_separate_runs(workspace, together):
@@ -64,7 +64,8 @@ def test_stacked_members_equal_separate_runs(workspace, together):
 
 def test_stacked_members_with_length_grouping_equal_separate_runs(workspace):
     # The stacked run draws each member's batches through the same grouping as trainer.fit.
-    grouped = stacked.fit_members(set_config(workspace, "together-grouped", variants=VARIANTS[1:], length_grouping=2))
+    grouped = stacked.fit_members(set_config(workspace, "together-grouped", variants=VARIANTS[1:], length_grouping=2,
+                                             chunk=2))
     assert_equal_to_separate_runs(workspace, grouped, VARIANTS[1:], "alone-grouped", length_grouping=2)
 
 
@@ -90,9 +91,9 @@ def test_a_stopped_stacked_run_resumes_to_the_same_members(workspace, together):
         if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = stacked.fit_members(set_config(workspace, "term"), on_step=term_at_4)
+    stopped = stacked.fit_members(set_config(workspace, "term", chunk=3), on_step=term_at_4)
     assert stopped.status == "preempted" and stopped.model_dirs == {}
-    resumed = stacked.fit_members(set_config(workspace, "term"))
+    resumed = stacked.fit_members(set_config(workspace, "term", chunk=3))
     assert resumed.status == "finished"
     for v in VARIANTS:
         a = models.from_pretrained(resumed.model_dirs[v.name], num_labels=2)[1]
@@ -100,7 +101,36 @@ def test_a_stopped_stacked_run_resumes_to_the_same_members(workspace, together):
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
         assert resumed.best[v.name] == together.best[v.name]
     with pytest.raises(configs.ResumeMismatchError, match="variants"):
-        stacked.fit_members(set_config(workspace, "term", variants=VARIANTS[:2]))
+        stacked.fit_members(set_config(workspace, "term", variants=VARIANTS[:2], chunk=3))
+
+
+def test_on_cpu_members_train_one_at_a_time_by_default_and_equal_the_vmapped_group(workspace, together):
+    root = workspace[0]
+    auto = stacked.fit_members(set_config(workspace, "auto"))
+    assert auto.status == "finished"
+    assert configs.read_saved(root / "auto", trainer.CONFIG_FILE)["chunk"] == 1  # Resolved, then saved.
+    assert sorted(p.name for p in (root / "auto" / "groups").iterdir()) == ["000", "001", "002"]
+    for v in VARIANTS:  # The same members as the vmapped group of three, up to float rounding.
+        assert auto.best[v.name]["step"] == together.best[v.name]["step"]
+        a = models.from_pretrained(auto.model_dirs[v.name], num_labels=2)[1]
+        b = models.from_pretrained(together.model_dirs[v.name], num_labels=2)[1]
+        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+            name = jax.tree_util.keystr(path)
+            tol = 1e-3 if "['key']['bias']" in name else 1e-5  # As in assert_equal_to_separate_runs.
+            np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=f"{v.name} {name}")
+
+
+def test_chunk_is_resolved_per_platform_and_a_folder_keeps_the_grouping_it_was_made_with(tmp_path):
+    new = stacked.MemberSetConfig(output_dir=str(tmp_path / "new"), variants=VARIANTS)
+    assert stacked.resolve_chunk(new, "cpu").chunk == 1
+    assert stacked.resolve_chunk(new, "gpu").chunk is None  # All at once.
+    assert stacked.resolve_chunk(dataclasses.replace(new, chunk=2), "cpu").chunk == 2
+    for saved, platform in ((None, "cpu"), (1, "gpu"), (2, "tpu")):
+        folder = tmp_path / f"saved-{saved}-{platform}"
+        configs.write(folder, trainer.CONFIG_FILE, dataclasses.replace(new, output_dir=str(folder), chunk=saved))
+        assert stacked.resolve_chunk(dataclasses.replace(new, output_dir=str(folder)), platform).chunk == saved
+    with pytest.raises(configs.ConfigError, match="chunk"):
+        stacked.MemberSetConfig(output_dir="x", variants=VARIANTS, chunk=0)
 
 
 def test_variant_names_must_be_distinct():
