@@ -35,6 +35,14 @@ one step of each member in a loop, repeated ``--repeats`` times on the real batc
 at which all members' batches have the same width, printed; so both compute the same token positions); wall and
 process CPU time, median over repeats.
 
+3. Memory. The temporary buffer XLA gives one call of each step program (its compiled memory analysis: the vmapped
+program asks for every member's at once), and a fresh-memory probe (``--memory-probe-mib``): seconds per GiB to touch
+newly mapped memory right after an equal block was unmapped and after ``--memory-probe-pause`` seconds, with
+transparent huge pages (as malloc uses them under ``./run``) and with 4 KB pages. On a VM that hands freed memory
+back to its host, the pause makes huge pages many times dearer; that, times the vmapped buffer, is what the
+vmapped run pays after each compilation or change of batch width (docs/bench_difficulty.md, session 17). The first
+table's kernel seconds and page faults (``getrusage``) show the same from the runs themselves.
+
 Run from the repository root (defaults: minilm-l3, 256 rotten_tomatoes examples, K=4, S=2, 1 epoch, batch 16,
 max_length 64; a few minutes on 2 cores)::
 
