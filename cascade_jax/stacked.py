@@ -496,8 +496,8 @@ def fit_members(config: MemberSetConfig, *, dp: parallel.DataParallel | None = N
                 on_step: Callable[[int, dict], None] | None = None) -> MemberSetResult:
     """Train every variant of ``config`` on the whole training split in vmapped groups of ``chunk`` (see
     :func:`resolve_chunk`); each member ends as ``OUTPUT/<name>/model`` (its best dev checkpoint, or its last
-    parameters with ``run.eval_every = -1``) with ``OUTPUT/<name>/summary.json``. Resumable; SIGTERM or Ctrl-C checkpoint and stop.
-    Equals separate :func:`trainer.fit` runs of the variants up to float rounding (tested)."""
+    parameters with ``run.eval_every = -1``) with ``OUTPUT/<name>/summary.json``. Resumable; SIGTERM or Ctrl-C
+    checkpoint and stop. Equals separate :func:`trainer.fit` runs of the variants up to float rounding (tested)."""
     out = pathlib.Path(config.output_dir)
     dp = dp or parallel.DataParallel(config.run.backend)
     is_writer = jax.process_index() == 0

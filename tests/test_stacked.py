@@ -80,10 +80,15 @@ def assert_equal_to_separate_runs(workspace, together, variants, prefix, **kw):
             jax.tree_util.tree_leaves(alone.params),
             jax.tree_util.tree_leaves(models.from_pretrained(workspace[1], num_labels=2, seed=v.seed)[1])))
         assert moved > 1e-3
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(alone.params)):
-            name = jax.tree_util.keystr(path)
-            tol = 1e-3 if "['key']['bias']" in name else 1e-5  # See test_difficulty: a gradient that is pure noise.
-            np.testing.assert_allclose(a, b, rtol=0, atol=tol, err_msg=f"{v.name} {name}")
+        assert_params_close(params, alone.params, v.name)
+
+
+def assert_params_close(params, reference, label):
+    """Equal up to float rounding, leaf by leaf."""
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(reference)):
+        name = jax.tree_util.keystr(path)
+        tol = 1e-3 if "['key']['bias']" in name else 1e-5  # See test_difficulty: a gradient that is pure noise.
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol, err_msg=f"{label} {name}")
 
 
 def test_a_stopped_stacked_run_resumes_to_the_same_members(workspace, together):
@@ -112,12 +117,8 @@ def test_on_cpu_members_train_one_at_a_time_by_default_and_equal_the_vmapped_gro
     assert sorted(p.name for p in (root / "auto" / "groups").iterdir()) == ["000", "001", "002"]
     for v in VARIANTS:  # The same members as the vmapped group of three, up to float rounding.
         assert auto.best[v.name]["step"] == together.best[v.name]["step"]
-        a = models.from_pretrained(auto.model_dirs[v.name], num_labels=2)[1]
-        b = models.from_pretrained(together.model_dirs[v.name], num_labels=2)[1]
-        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-            name = jax.tree_util.keystr(path)
-            tol = 1e-3 if "['key']['bias']" in name else 1e-5  # As in assert_equal_to_separate_runs.
-            np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=f"{v.name} {name}")
+        assert_params_close(models.from_pretrained(auto.model_dirs[v.name], num_labels=2)[1],
+                            models.from_pretrained(together.model_dirs[v.name], num_labels=2)[1], v.name)
 
 
 def test_chunk_is_resolved_per_platform_and_a_folder_keeps_the_grouping_it_was_made_with(tmp_path):
