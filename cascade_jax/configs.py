@@ -20,7 +20,7 @@ import json
 import math
 import pathlib
 import typing
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -405,6 +405,25 @@ def read_saved(directory: str | pathlib.Path, file: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); delete it or use another output directory") from e
+
+
+NO_RUN = object()  # saved_choice: the folder holds no run
+
+
+def saved_choice(directory: str | pathlib.Path, file: str, key: str, valid: Callable[[Any], bool],
+                 expected: str) -> Any:
+    """What the run saved in ``directory/file`` chose for ``key`` (None when it did not say), so that an automatic
+    setting resumes the way it began; :data:`NO_RUN` when no run is there (or one in another layout, which
+    :func:`check_resume` reports); :class:`ConfigError` naming the file when the saved value is not ``valid``
+    (``expected`` says what is)."""
+    saved = read_saved(directory, file)
+    if not isinstance(saved, dict):
+        return NO_RUN
+    value = saved.get(key)
+    if not valid(value):
+        raise ConfigError(f"{pathlib.Path(directory) / file}: {key} is {value!r}, expected {expected}; correct it "
+                          f"or use another output directory")
+    return value
 
 
 def check_resume(directory: str | pathlib.Path, file: str, config, free: tuple[str, ...] = RESUME_FREE) -> bool:

@@ -234,8 +234,8 @@ def resolve_mode(config: LabelConfig, platform: str) -> LabelConfig:
     ``chunk`` asks for vmapped groups) and vmapped on an accelerator (``platform``: the devices' platform)."""
     if config.sequential is not None:
         return config
-    saved = configs.read_saved(config.output_dir, CONFIG_FILE)
-    mode = saved.get("sequential") if isinstance(saved, dict) else None  # Another layout: check_resume says so.
+    mode = configs.saved_choice(config.output_dir, CONFIG_FILE, "sequential",
+                                lambda v: v is None or isinstance(v, bool), "true, false or null")
     if isinstance(mode, bool):
         return dataclasses.replace(config, sequential=mode)
     return dataclasses.replace(config, sequential=platform == "cpu" and config.chunk is None)

@@ -485,11 +485,15 @@ def resolve_chunk(config: MemberSetConfig, platform: str) -> MemberSetConfig:
     and 6.1-6.3 GB together, 150-156 s and 2.3-2.5 GB one at a time (docs/bench_difficulty.md, session 17)."""
     if config.chunk is not None:
         return config
-    saved = configs.read_saved(config.output_dir, trainer.CONFIG_FILE)
-    if isinstance(saved, dict):  # A run is there (another layout: check_resume says so).
-        chunk = saved.get("chunk")
-        return dataclasses.replace(config, chunk=chunk if isinstance(chunk, int) else None)
+    saved = configs.saved_choice(config.output_dir, trainer.CONFIG_FILE, "chunk", _is_chunk,
+                                 "a positive number of members or null (all at once)")
+    if saved is not configs.NO_RUN:
+        return dataclasses.replace(config, chunk=saved)
     return dataclasses.replace(config, chunk=1 if platform == "cpu" else None)
+
+
+def _is_chunk(value) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
 def fit_members(config: MemberSetConfig, *, dp: parallel.DataParallel | None = None,

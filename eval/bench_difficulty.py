@@ -276,23 +276,27 @@ def print_lock_steps(shapes: list[list[tuple[int, int]]], by: dict[str, dict]) -
           f"steps: vmapped {vc:.1f} s, loop {lc:.1f} s")
 
 
-def temp_bytes(step, state, batch) -> int | None:
-    """The temporary buffer XLA gives one call of ``step`` (bytes; its compiled memory analysis), None where the
-    backend does not say. Compiles ``step`` once more (ahead of time; the jit cache has no public handle)."""
+def temp_bytes(step, state, batch) -> int | str:
+    """The temporary buffer XLA gives one call of ``step`` (bytes; its compiled memory analysis), or why there is
+    no figure (a short text for the table). Compiles ``step`` once more (ahead of time; the jit cache has no public
+    handle)."""
     try:
         stats = step.lower(state, batch).compile().memory_analysis()
-    except Exception:  # noqa: BLE001 -- a backend without memory analysis: the table says n/a.
-        return None
-    return None if stats is None else int(stats.temp_size_in_bytes)
+    except Exception as e:  # noqa: BLE001 -- whatever the backend or the function lacks, the table says it.
+        return f"n/a ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else 'no message'})"
+    if stats is None:
+        import jax
+        return f"n/a (the {jax.default_backend()} backend gives no memory analysis)"
+    return int(stats.temp_size_in_bytes)
 
 
-def print_memory(temp: dict[str, int | None], members: int, probe_mib: int, pause: float) -> None:
+def print_memory(temp: dict[str, int | str], members: int, probe_mib: int, pause: float) -> None:
     """The step programs' per-call temporary buffers and the machine's fresh-memory rates (see the page)."""
     def gb(x):
-        return "n/a" if x is None else f"{x / 1e9:.2f}"
+        return x if isinstance(x, str) else f"{x / 1e9:.2f} GB"
 
     print(f"\nper-call temporary buffer of the step programs (XLA's memory analysis; at the step-only widths): "
-          f"vmapped {gb(temp['vmapped'])} GB per call of {members} members, loop {gb(temp['loop'])} GB per call of "
+          f"vmapped {gb(temp['vmapped'])} per call of {members} members, loop {gb(temp['loop'])} per call of "
           f"one member")
     if probe_mib <= 0:
         return
@@ -304,7 +308,7 @@ def print_memory(temp: dict[str, int | None], members: int, probe_mib: int, paus
     print("|---|---:|---:|")
     for pages in ("huge", "4 KB"):
         print(f"| {pages} | {rates[(pages, 'at once')]:.2f} | {rates[(pages, 'after a pause')]:.2f} |")
-    if temp["vmapped"] is not None:
+    if isinstance(temp["vmapped"], int):
         worst = max(rates.values())
         print(f"\nif its temporary buffer comes back as fresh memory, one vmapped call pays up to "
               f"{temp['vmapped'] / 2**30 * worst:.2f} s for it at the slowest rate above "

@@ -192,7 +192,7 @@ def test_fresh_memory_probe_times_the_touch_not_the_pause():
     assert all(r > 0 for r in rates.values())
 
 
-def test_temp_bytes_reads_xla_memory_analysis_and_says_none_without_it():
+def test_temp_bytes_reads_xla_memory_analysis_and_says_why_not_without_it():
     import jax
     import jax.numpy as jnp
 
@@ -202,6 +202,7 @@ def test_temp_bytes_reads_xla_memory_analysis_and_says_none_without_it():
     fn = jax.jit(lambda a, b: (jnp.sin(a @ b) @ b).sum())
     got = temp_bytes(fn, x, x)
     if jax.default_backend() == "cpu":
-        assert got is not None  # XLA:CPU reports its buffer sizes.
-    assert got is None or got >= 256 * 256 * 4  # The [256, 256] intermediate lives in the temporary buffer.
-    assert temp_bytes(lambda a, b: a, x, x) is None  # Not a jitted function: no analysis, no crash.
+        assert isinstance(got, int)  # XLA:CPU reports its buffer sizes.
+    assert isinstance(got, str) or got >= 256 * 256 * 4  # The [256, 256] intermediate lives in the temporary buffer.
+    why = temp_bytes(lambda a, b: a, x, x)  # Not a jitted function: no analysis, no crash, and the reason.
+    assert why.startswith("n/a (AttributeError: ") and "lower" in why

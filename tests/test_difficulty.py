@@ -155,6 +155,11 @@ def test_the_automatic_mode_is_one_member_at_a_time_on_cpu_and_a_run_folder_keep
     (broken / difficulty.CONFIG_FILE).write_text("{not json")
     with pytest.raises(configs.ConfigError, match=r"broken/config.json is not valid JSON"):
         mode("cpu", broken)
+    (broken / difficulty.CONFIG_FILE).write_text(json.dumps({"sequential": "yes"}))
+    with pytest.raises(configs.ConfigError, match=r"broken/config.json: sequential is 'yes', expected true, false"):
+        mode("cpu", broken)
+    (broken / difficulty.CONFIG_FILE).write_text(json.dumps({"sequential": None}))  # Undecided: the platform's.
+    assert mode("cpu", broken) is True and mode("gpu", broken) is False
     # End to end on this CPU: the automatic mode trains one member per group and says so in the summary.
     auto = difficulty.label_difficulty(config(workspace, "auto", sequential=None, epochs=1))
     assert auto.summary["sequential"] is True and auto.summary["groups"] == FOLDS * SEEDS

@@ -132,6 +132,13 @@ def test_chunk_is_resolved_per_platform_and_a_folder_keeps_the_grouping_it_was_m
         assert stacked.resolve_chunk(dataclasses.replace(new, output_dir=str(folder)), platform).chunk == saved
     with pytest.raises(configs.ConfigError, match="chunk"):
         stacked.MemberSetConfig(output_dir="x", variants=VARIANTS, chunk=0)
+    for bad in (0, -2, 1.5, True, "2"):  # A hand-edited folder: the error names its file and the value.
+        folder = tmp_path / f"bad-{bad}"
+        configs.write(folder, trainer.CONFIG_FILE, dataclasses.replace(new, output_dir=str(folder)))
+        saved = json.loads((folder / trainer.CONFIG_FILE).read_text())
+        (folder / trainer.CONFIG_FILE).write_text(json.dumps({**saved, "chunk": bad}))
+        with pytest.raises(configs.ConfigError, match=rf"bad-{bad}/{trainer.CONFIG_FILE}: chunk is "):
+            stacked.resolve_chunk(dataclasses.replace(new, output_dir=str(folder)), "cpu")
 
 
 def test_variant_names_must_be_distinct():
