@@ -1,15 +1,18 @@
 """The main job: the whole CascadeBERT pipeline on the built-in real data and models, in one command.
 
-    python -m train.main                       # preset "quick": about 18 minutes on a quiet 2-core CPU
+    python -m train.main                       # preset "quick": about 15 minutes on a quiet 2-core CPU
+    python -m train.main --preset standard     # the whole training split in 3 seeds: about 2 hours there
     python -m train.main --preset paper        # the paper's protocol (a GPU/TPU job)
     python -m train.main --train-subset 800 --members.epochs 3 --output-dir runs/mine   # a preset, overridden
 
-Stages: difficulty labels for the small member (K folds x S seeds, one vmapped run) -> the small member with DAR
-(and without, for the ablation) -> the large member -> a truncated member distilled from the large one ->
-baselines (BERT-kL, DeeBERT, PABEE) -> threshold sweeps on dev and test -> results table, plot and wall-clock
-speed-ups. Every stage is skipped when its output exists and resumes when it was interrupted: run the same
-command again. Results: OUTPUT_DIR/report/ (results.json, results.md, curve.png), and with --results-page the
-page docs/results.md is rewritten from them.
+Stages (--stages runs a subset): difficulty labels for the small member and for the truncated one (K folds x S
+seeds; one member at a time on CPU, one vmapped run on GPU/TPU) -> the small member with DAR (and without, for the
+ablation) -> the large member -> the truncated member (the large one's first layers) with DAR, and with --kd.member
+one distilled from the large member -> baselines (BERT-kL, DeeBERT, PABEE, FastBERT, BERT-PKD, BERT-of-Theseus, a
+BERT-PD analogue) -> threshold sweeps on dev and test -> results table, plot and wall-clock speed-ups. Every stage
+is skipped when its output exists and resumes when it was interrupted: run the same command again. Results:
+OUTPUT_DIR/report/ (results.json, results.md, curve.png), and with --results-page a page such as docs/results.md
+is rewritten from them.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the job")
     g.add_argument("--preset", default="quick", choices=sorted(pipeline.PRESETS),
-                   help="quick: a 20-minute CPU run that says what it cuts; paper: the paper's protocol "
-                        "(default: quick). The flags below override the preset's settings")
+                   help="quick: a 20-minute CPU run that says what it cuts; standard: the whole training split "
+                        "in 3 seeds (about 2 hours on 2 CPU cores); paper: the paper's protocol (default: quick). "
+                        "The flags below override the preset's settings")
     g.add_argument("--stages", default=None,
                    help=f"comma-separated subset of the stages to run: {','.join(pipeline.STAGE_ORDER)}")
     g.add_argument("--results-page", default=None,
