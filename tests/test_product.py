@@ -374,3 +374,17 @@ def test_constraints_pin_every_package_and_run_uses_them():
     readme = (REPO / "README.md").read_text()
     section = readme.split("## The two commands")[1].split("\n## ")[0]
     assert "constraints.txt" in section and "CASCADE_JAX_FLOAT=1" in section
+
+
+def test_main_help_describes_every_preset_and_every_stage():
+    """``python -m train.main --help`` names each preset in --preset's help and each stage in --stages' (help that
+    would silently fall behind when a preset or a stage is added)."""
+    from cascade_jax import pipeline
+    from train import main
+
+    parser = main.build_parser()
+    helps = {a.dest: " ".join((a.help or "").split()) for a in parser._actions}
+    for preset in pipeline.PRESETS:
+        assert f"{preset}:" in helps["preset"], preset
+    listed = helps["stages"].split(": ", 1)[1].split(",")
+    assert listed == list(pipeline.STAGE_ORDER)
